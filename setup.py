@@ -1,0 +1,37 @@
+"""vlm_jax: a JAX/Flax research codebase for the Qwen-VL family (Qwen3-VL)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="vlm_jax",
+    version="0.1.0",
+    description="Qwen3-VL vision-language models in JAX/Flax: model, data, training, inference.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["vlm_jax", "vlm_jax.*"]),
+    package_data={"vlm_jax": ["assets/*"]},
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "array-record>=0.7",
+        "tensorflow-datasets>=4.9.8",
+        "einops>=0.8",
+        "ml-collections>=1.0",
+        "chex>=0.1.89",
+        "safetensors>=0.5",
+        "tokenizers>=0.21",
+        "pillow>=10",
+        "numpy>=1.26",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        # The numerical oracle: Hugging Face transformers on a CPU build of torch.
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.8", "torch==2.13.0", "transformers>=4.57"],
+        "torch": ["torch==2.13.0", "transformers>=4.57"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={},
+)

@@ -1,0 +1,3 @@
+"""vlm_jax: Qwen3-VL vision-language models in JAX/Flax."""
+
+__version__ = "0.1.0"

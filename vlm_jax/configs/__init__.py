@@ -1,0 +1,1 @@
+"""ml_collections configs: model sizes, training stages, post-training recipes."""

@@ -1,0 +1,190 @@
+"""Model configs: `tiny` for tests and the CPU demo, and the published Qwen3-VL sizes.
+
+Usage: `get_config("8b")`, or on the command line `--config=vlm_jax/configs/model.py:8b`.
+Every size starts from `base_config()`, so a key that is not in the base is an error (the
+ConfigDicts are locked), and `validate()` checks values that must agree with each other.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+# Published Qwen3-VL vision towers: SigLIP2-Large-like for 2B/4B, SigLIP2-SO400M-like otherwise.
+_VIT_LARGE = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, deepstack_layers=(5, 11, 17))
+_VIT_SO400M = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, deepstack_layers=(8, 16, 24))
+
+# Text backbones of the released checkpoints (Hugging Face config.json values).
+_TEXT = {
+    "2b": dict(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16, num_kv_heads=8,
+               tie_word_embeddings=True),
+    "4b": dict(hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32, num_kv_heads=8,
+               tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32, num_kv_heads=8),
+    "32b": dict(hidden_size=5120, intermediate_size=25600, num_layers=64, num_heads=64, num_kv_heads=8),
+    "30b-a3b": dict(hidden_size=2048, intermediate_size=6144, num_layers=48, num_heads=32, num_kv_heads=4,
+                    num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768),
+    "235b-a22b": dict(hidden_size=4096, intermediate_size=12288, num_layers=94, num_heads=64, num_kv_heads=4,
+                      num_experts=128, num_experts_per_tok=8, moe_intermediate_size=1536),
+}
+_VISION = {"2b": _VIT_LARGE, "4b": _VIT_LARGE}
+
+# Published totals (billions of parameters, safetensors) that `param_count` must match within 2%.
+PUBLISHED_TOTAL_B = {"2b": 2.13, "4b": 4.44, "8b": 8.77, "32b": 33.4, "30b-a3b": 31.1, "235b-a22b": 236.0}
+
+# Ids of the vision special tokens in the synthetic-world tokenizer, used by the small configs.
+TINY_TOKEN_IDS = {"vision_start": 9, "vision_end": 10, "image": 12, "video": 13}
+
+SIZES = ("tiny", "tiny-moe", "100m", *_TEXT)
+
+
+def base_config() -> mlc.ConfigDict:
+    """All model keys with Qwen3-VL defaults (the 8B-shaped tower)."""
+    c = mlc.ConfigDict()
+    c.name = "qwen3-vl"
+
+    v = c.vision = mlc.ConfigDict()
+    v.depth = 27
+    v.hidden_size = 1152
+    v.intermediate_size = 4304
+    v.num_heads = 16
+    v.in_channels = 3
+    v.patch_size = 16
+    v.temporal_patch_size = 2
+    v.spatial_merge_size = 2
+    v.num_position_embeddings = 2304  # a 48 x 48 learned grid, bilinearly resampled per image
+    v.rope_theta = 10000.0
+    v.layer_norm_eps = 1e-6
+    v.deepstack_layers = (8, 16, 24)  # ViT layers whose outputs feed the DeepStack mergers
+    # Ablation (Qwen2.5-VL): windowed attention in all but `full_attention_layers`.
+    v.attention = "full"  # "full" | "window"
+    v.window_size = 128  # pixels; must be a multiple of patch_size * spatial_merge_size
+    v.full_attention_layers = (7, 15, 23, 31)
+
+    t = c.text = mlc.ConfigDict()
+    t.vocab_size = 151936
+    t.hidden_size = 4096
+    t.intermediate_size = 12288
+    t.num_layers = 36
+    t.num_heads = 32
+    t.num_kv_heads = 8
+    t.head_dim = 128
+    t.rms_norm_eps = 1e-6
+    t.rope_theta = 5_000_000.0
+    t.mrope_section = (24, 20, 20)  # frequency pairs given to (t, h, w); sums to head_dim // 2
+    t.mrope_layout = "interleaved"  # "interleaved" (Qwen3-VL) | "chunked" (Qwen2/2.5-VL ablation)
+    t.max_position_embeddings = 262144
+    t.tie_word_embeddings = False
+    # Mixture of experts: num_experts == 0 means dense SwiGLU layers.
+    t.num_experts = 0
+    t.num_experts_per_tok = 0
+    t.moe_intermediate_size = 0
+    t.norm_topk_prob = True
+    t.router_aux_loss_coef = 0.001
+    t.moe_impl = "ragged"  # "ragged" (sorted tokens + grouped matmul) | "dense" (every expert, for tests)
+
+    c.merger = "mlp"  # "mlp" (Qwen2/3-VL 2x2 MLP merger) | "resampler" (Qwen-VL cross-attention ablation)
+    c.resampler_num_queries = 256
+    c.deepstack = True  # False: the "no DeepStack" ablation (mergers are not built or applied)
+
+    c.image_token_id = 151655
+    c.video_token_id = 151656
+    c.vision_start_token_id = 151652
+    c.vision_end_token_id = 151653
+
+    c.param_dtype = "float32"
+    c.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
+    c.remat_policy = "none"  # "none" | "full" | "dots" | "dots_no_batch" | "minimal"
+    c.attention_impl = "xla"  # "xla" | "pallas" | "cudnn" (see vlm_jax/kernels)
+    return c
+
+
+def get_config(size: str = "tiny") -> mlc.ConfigDict:
+    """Returns the validated, locked model config for `size` (see `SIZES`)."""
+    size = size.lower()
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
+    c = base_config()
+    c.name = f"qwen3-vl-{size}"
+    if size in ("tiny", "tiny-moe"):
+        c.vision.update(depth=4, hidden_size=64, intermediate_size=128, num_heads=4,
+                        num_position_embeddings=64, deepstack_layers=(1, 2), full_attention_layers=(1, 3))
+        c.text.update(vocab_size=2048, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4,
+                      num_kv_heads=2, head_dim=32, mrope_section=(6, 5, 5), tie_word_embeddings=True,
+                      max_position_embeddings=8192)
+        # Special tokens sit at the synthetic-world tokenizer's ids (data/build_tokenizer.py).
+        c.update(image_token_id=TINY_TOKEN_IDS["image"], video_token_id=TINY_TOKEN_IDS["video"],
+                 vision_start_token_id=TINY_TOKEN_IDS["vision_start"], vision_end_token_id=TINY_TOKEN_IDS["vision_end"])
+        if size == "tiny-moe":
+            c.text.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64)
+    elif size == "100m":
+        c.vision.update(depth=6, hidden_size=384, intermediate_size=1536, num_heads=6,
+                        num_position_embeddings=1024, deepstack_layers=(1, 3, 5), full_attention_layers=(2, 5))
+        c.update(image_token_id=TINY_TOKEN_IDS["image"], video_token_id=TINY_TOKEN_IDS["video"],
+                 vision_start_token_id=TINY_TOKEN_IDS["vision_start"], vision_end_token_id=TINY_TOKEN_IDS["vision_end"])
+        c.text.update(vocab_size=32768, hidden_size=512, intermediate_size=2048, num_layers=12, num_heads=8,
+                      num_kv_heads=4, head_dim=64, mrope_section=(12, 10, 10), tie_word_embeddings=True)
+    else:
+        c.vision.update(_VISION.get(size, _VIT_SO400M))
+        c.text.update(_TEXT[size])
+    validate(c)
+    c.lock()
+    return c
+
+
+def validate(c: mlc.ConfigDict) -> None:
+    """Fails with a message naming the key when values are inconsistent or unsupported."""
+    base = base_config()
+    _check_keys(c, base, "config")
+    v, t = c.vision, c.text
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ValueError(f"invalid model config: {msg}")
+
+    need(v.hidden_size % v.num_heads == 0, f"vision.hidden_size={v.hidden_size} not divisible by num_heads")
+    need((v.hidden_size // v.num_heads) % 4 == 0, "vision head dim must be a multiple of 4 (2D RoPE)")
+    side = int(round(v.num_position_embeddings ** 0.5))
+    need(side * side == v.num_position_embeddings,
+         f"vision.num_position_embeddings={v.num_position_embeddings} is not a square grid")
+    need(all(0 <= i < v.depth for i in v.deepstack_layers),
+         f"vision.deepstack_layers={tuple(v.deepstack_layers)} outside [0, depth={v.depth})")
+    need(v.attention in ("full", "window"), f"vision.attention={v.attention!r} (expected 'full' or 'window')")
+    unit = v.patch_size * v.spatial_merge_size
+    need(v.window_size % unit == 0, f"vision.window_size={v.window_size} is not a multiple of {unit} pixels")
+    need(t.num_heads % t.num_kv_heads == 0, f"text.num_heads={t.num_heads} not divisible by num_kv_heads")
+    need(t.head_dim % 2 == 0, "text.head_dim must be even")
+    need(sum(t.mrope_section) == t.head_dim // 2,
+         f"text.mrope_section={tuple(t.mrope_section)} must sum to head_dim // 2 = {t.head_dim // 2}")
+    need(t.mrope_layout in ("interleaved", "chunked"), f"text.mrope_layout={t.mrope_layout!r}")
+    if t.num_experts:
+        need(0 < t.num_experts_per_tok <= t.num_experts,
+             f"text.num_experts_per_tok={t.num_experts_per_tok} must be in [1, num_experts={t.num_experts}]")
+        need(t.moe_intermediate_size > 0, "text.moe_intermediate_size must be > 0 for an MoE model")
+        need(t.moe_impl in ("ragged", "dense"), f"text.moe_impl={t.moe_impl!r}")
+    need(c.merger in ("mlp", "resampler"), f"merger={c.merger!r} (expected 'mlp' or 'resampler')")
+    need(not (c.deepstack and c.merger == "resampler"),
+         "deepstack=True needs merger='mlp' (the resampler changes the visual token count)")
+    if c.deepstack:
+        need(len(v.deepstack_layers) <= t.num_layers, "more DeepStack levels than decoder layers")
+    for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        need(0 <= c[k] < t.vocab_size, f"{k}={c[k]} outside the vocabulary (vocab_size={t.vocab_size})")
+    need(c.remat_policy in ("none", "full", "dots", "dots_no_batch", "minimal"),
+         f"remat_policy={c.remat_policy!r}")
+    need(c.attention_impl in ("xla", "pallas", "cudnn"), f"attention_impl={c.attention_impl!r}")
+    for k in ("dtype", "param_dtype"):
+        need(c[k] in ("float32", "bfloat16", "float16"), f"{k}={c[k]!r}")
+
+
+def _check_keys(c: mlc.ConfigDict, ref: mlc.ConfigDict, where: str) -> None:
+    unknown = sorted(set(c.keys()) - set(ref.keys()))
+    if unknown:
+        raise ValueError(f"unknown model config key(s) in {where}: {', '.join(unknown)}")
+    for k in ref.keys():
+        if k not in c:
+            raise ValueError(f"missing model config key {where}.{k}")
+        if isinstance(ref[k], mlc.ConfigDict):
+            _check_keys(c[k], ref[k], f"{where}.{k}")
+
+
+def vision_head_dim(c: mlc.ConfigDict) -> int:
+    return c.vision.hidden_size // c.vision.num_heads

@@ -1,0 +1,1 @@
+"""Attention and grouped-matmul implementations: an XLA reference plus accelerator kernels."""

@@ -1,0 +1,168 @@
+"""Rotary position embeddings: 1D, 2D (vision), and MRoPE with interleaved or chunked layout.
+
+Also `get_rope_index`, the pure numpy function that assigns each token its 3-component
+(t, h, w) position, following Qwen3-VL: text advances one step per token; a vision block
+(an image, or one temporal group of a video) gets t = start, h = start + row, w = start + col
+on the merged-token grid; the text after it continues at max(previous positions) + 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+
+TEXT, IMAGE, VIDEO = 0, 1, 2
+
+
+def inverse_frequencies(dim: int, theta: float) -> np.ndarray:
+    """`dim // 2` inverse frequencies theta^(-2i/dim), float32 as the reference computes them."""
+    exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    return (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def mrope_axis_of_frequency(head_dim: int, section: tuple[int, int, int], layout: str) -> np.ndarray:
+    """Which position component (0=t, 1=h, 2=w) drives each of the head_dim // 2 frequencies.
+
+    chunked (Qwen2/2.5-VL):  [t]*s0 + [h]*s1 + [w]*s2: time only gets the high frequencies.
+    interleaved (Qwen3-VL):  t h w t h w ...; h and w stop after 3*s1 and 3*s2, the rest is t,
+    so every axis spans low and high frequencies.
+    """
+    n = head_dim // 2
+    if sum(section) != n:
+        raise ValueError(f"mrope_section {section} must sum to head_dim // 2 = {n}")
+    if layout == "chunked":
+        return np.repeat(np.arange(3), section).astype(np.int32)
+    if layout != "interleaved":
+        raise ValueError(f"unknown MRoPE layout {layout!r}")
+    j = np.arange(n)
+    axis = np.zeros(n, np.int32)
+    axis[(j % 3 == 1) & (j < 3 * section[1])] = 1
+    axis[(j % 3 == 2) & (j < 3 * section[2])] = 2
+    return axis
+
+
+def mrope_cos_sin(position_ids: jnp.ndarray, head_dim: int, theta: float, section, layout: str):
+    """cos/sin tables [B, S, head_dim] (float32) for 3-component positions [3, B, S]."""
+    inv = jnp.asarray(inverse_frequencies(head_dim, theta))
+    freqs = position_ids.astype(jnp.float32)[..., None] * inv  # [3, B, S, F]
+    axis = mrope_axis_of_frequency(head_dim, tuple(int(s) for s in section), layout)
+    onehot = jnp.asarray(np.eye(3, dtype=np.float32)[:, axis])  # [3, F]: select, exactly
+    freqs = jnp.einsum("absf,af->bsf", freqs, onehot, precision="highest")
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def vision_cos_sin(rows: jnp.ndarray, cols: jnp.ndarray, head_dim: int, theta: float):
+    """2D RoPE tables [P, head_dim]: a quarter of the frequencies rotate by row, a quarter by column.
+
+    Layout [f(row), f(col), f(row), f(col)] with f of size head_dim // 4, consumed by `apply_rope`.
+    """
+    inv = jnp.asarray(inverse_frequencies(head_dim // 2, theta))
+    fr = rows.astype(jnp.float32)[:, None] * inv
+    fc = cols.astype(jnp.float32)[:, None] * inv
+    emb = jnp.concatenate([fr, fc, fr, fc], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def rotate_half(x: jnp.ndarray) -> jnp.ndarray:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+    """x [..., S, H, D] rotated by cos/sin [..., S, D]; math in float32, result in x.dtype."""
+    xf = x.astype(jnp.float32)
+    cos, sin = cos[..., None, :], sin[..., None, :]
+    return (xf * cos + rotate_half(xf) * sin).astype(x.dtype)
+
+
+def token_types(input_ids: np.ndarray, image_token_id: int, video_token_id: int) -> np.ndarray:
+    """0 for text, 1 for image placeholders, 2 for video placeholders."""
+    types = np.zeros(input_ids.shape, np.int32)
+    types[input_ids == image_token_id] = IMAGE
+    types[input_ids == video_token_id] = VIDEO
+    return types
+
+
+def get_rope_index(
+    input_ids: np.ndarray,
+    image_grid_thw: np.ndarray | None = None,
+    video_grid_thw: np.ndarray | None = None,
+    attention_mask: np.ndarray | None = None,
+    *,
+    image_token_id: int,
+    video_token_id: int,
+    spatial_merge_size: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """MRoPE position ids [3, B, S] and rope deltas [B, 1] for a batch of token rows.
+
+    `image_grid_thw` / `video_grid_thw` list the grids (in patches) in the order the
+    placeholders appear, row after row. A video is split into its temporal groups, each of
+    which must be its own run of `<|video_pad|>` tokens (Qwen3-VL puts a text timestamp and
+    vision_start/end around every group). Padding (attention_mask == 0) gets position 0 and
+    is skipped. The delta is what decoding adds to the running index: max position + 1 - length.
+    """
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim == 1:
+        input_ids = input_ids[None]
+    b, s = input_ids.shape
+    mask = np.ones((b, s), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    grids = {
+        IMAGE: _grid_list(image_grid_thw, split_time=False),
+        VIDEO: _grid_list(video_grid_thw, split_time=True),
+    }
+    used = {IMAGE: 0, VIDEO: 0}
+    names = {IMAGE: "image", VIDEO: "video"}
+    merge = spatial_merge_size
+    position_ids = np.zeros((3, b, s), np.int32)
+    deltas = np.zeros((b, 1), np.int32)
+    types_all = token_types(input_ids, image_token_id, video_token_id)
+    for row in range(b):
+        types = types_all[row][mask[row]]
+        pieces, pos = [], 0
+        start = 0
+        for kind, run in itertools.groupby(types.tolist()):
+            n = len(list(run))
+            if kind == TEXT:
+                pieces.append(np.broadcast_to(np.arange(pos, pos + n, dtype=np.int32), (3, n)))
+                pos += n
+            else:
+                if used[kind] >= len(grids[kind]):
+                    raise ValueError(
+                        f"row {row}: more {names[kind]} placeholder runs than {names[kind]} grids "
+                        f"({len(grids[kind])} given; video grids count one per temporal group)")
+                t, h, w = grids[kind][used[kind]]
+                used[kind] += 1
+                gh, gw = h // merge, w // merge
+                if n != t * gh * gw:
+                    raise ValueError(
+                        f"row {row}, token {start}: a run of {n} {names[kind]} placeholder tokens, but its grid "
+                        f"(t={t}, h={h}, w={w}) makes {t * gh * gw} merged tokens")
+                tt, hh, ww = np.meshgrid(np.arange(t), np.arange(gh), np.arange(gw), indexing="ij")
+                pieces.append(np.stack([tt.ravel(), hh.ravel(), ww.ravel()]).astype(np.int32) + pos)
+                pos += max(gh, gw)
+            start += n
+        llm = np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.int32)
+        position_ids[:, row, mask[row]] = llm
+        deltas[row, 0] = (llm.max() + 1 - llm.shape[1]) if llm.shape[1] else 0
+    for kind in (IMAGE, VIDEO):
+        if used[kind] != len(grids[kind]):
+            raise ValueError(
+                f"{len(grids[kind])} {names[kind]} grids given but only {used[kind]} {names[kind]} placeholder "
+                "runs found in input_ids")
+    return position_ids, deltas
+
+
+def _grid_list(grid_thw: np.ndarray | None, split_time: bool) -> list[tuple[int, int, int]]:
+    if grid_thw is None:
+        return []
+    out = []
+    for t, h, w in np.asarray(grid_thw).reshape(-1, 3).tolist():
+        if t == 0:  # padding rows of a static-shape grid buffer
+            continue
+        out.extend([(1, h, w)] * t if split_time else [(t, h, w)])
+    return out
