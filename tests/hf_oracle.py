@@ -46,7 +46,7 @@ def hf_model(c, seed: int = 0):
     for sub in (model.model.visual.config, model.model.language_model.config):
         sub._attn_implementation = "eager"
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             scale = 0.5 if p.ndim == 1 else 0.1
             p.add_(torch.randn_like(p) * scale)
     return model.eval()

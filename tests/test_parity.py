@@ -37,7 +37,11 @@ def build(rng, layout, c):
             if kind == "video":
                 ids += text(3)  # stands for the "<1.5 seconds>" timestamp text
             ids += [c.vision_start_token_id] + [pad] * (g * h * w // 4) + [c.vision_end_token_id]
-    cat = lambda xs: (np.asarray([g for g, _ in xs], np.int64), np.concatenate([p for _, p in xs])) if xs else (None, None)
+    def cat(xs):
+        if not xs:
+            return None, None
+        return np.asarray([g for g, _ in xs], np.int64), np.concatenate([p for _, p in xs])
+
     return np.asarray(ids, np.int64), cat(ours), cat(images), cat(videos)
 
 

@@ -108,7 +108,7 @@ def get_config(size: str = "tiny") -> mlc.ConfigDict:
     if size in ("tiny", "tiny-moe"):
         c.vision.update(depth=4, hidden_size=64, intermediate_size=128, num_heads=4,
                         num_position_embeddings=64, deepstack_layers=(1, 2), full_attention_layers=(1, 3))
-        c.text.update(vocab_size=2048, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4,
+        c.text.update(vocab_size=1024, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4,
                       num_kv_heads=2, head_dim=32, mrope_section=(6, 5, 5), tie_word_embeddings=True,
                       max_position_embeddings=8192)
         # Special tokens sit at the synthetic-world tokenizer's ids (data/build_tokenizer.py).
@@ -162,6 +162,10 @@ def validate(c: mlc.ConfigDict) -> None:
         need(t.moe_intermediate_size > 0, "text.moe_intermediate_size must be > 0 for an MoE model")
         need(t.moe_impl in ("ragged", "dense"), f"text.moe_impl={t.moe_impl!r}")
     need(c.merger in ("mlp", "resampler"), f"merger={c.merger!r} (expected 'mlp' or 'resampler')")
+    if c.merger == "resampler":
+        side = int(round(c.resampler_num_queries ** 0.5))
+        need(side * side == c.resampler_num_queries,
+             f"resampler_num_queries={c.resampler_num_queries} must be a square (queries sit on a 2D grid)")
     need(not (c.deepstack and c.merger == "resampler"),
          "deepstack=True needs merger='mlp' (the resampler changes the visual token count)")
     if c.deepstack:

@@ -163,8 +163,8 @@ def _targets(name: str, c: mlc.ConfigDict, shape: tuple[int, ...]) -> list[tuple
         return [("vision/patch_embed/bias", None, _ID)]
     if name == _V + "pos_embed.weight":
         return [("vision/pos_embed", None, _ID)]
-    m = re.fullmatch(r"model\.visual\.(merger|deepstack_merger_list\.(\d+))\.(norm|linear_fc1|linear_fc2)\.(weight|bias)",
-                     name)
+    m = re.fullmatch(
+        r"model\.visual\.(merger|deepstack_merger_list\.(\d+))\.(norm|linear_fc1|linear_fc2)\.(weight|bias)", name)
     if m:
         mod = "merger" if m.group(2) is None else f"deepstack_mergers_{m.group(2)}"
         if m.group(2) is not None and (not c.deepstack or int(m.group(2)) >= len(c.vision.deepstack_layers)):

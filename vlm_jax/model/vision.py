@@ -12,7 +12,6 @@ scan without storing every layer's activations.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
@@ -119,9 +118,13 @@ class VisionBlock(nn.Module):
 
 
 def vision_segments(config: mlc.ConfigDict) -> list[tuple[int, int]]:
-    """[start, end) layer ranges scanned together: each DeepStack tap ends a segment."""
+    """[start, end) layer ranges scanned together: each configured DeepStack tap ends a segment.
+
+    The cuts follow `vision.deepstack_layers` even when `deepstack=False`, so switching the
+    ablation on or off keeps the same param tree.
+    """
     v = config.vision
-    cuts = sorted(set(i + 1 for i in v.deepstack_layers) if config.deepstack else set()) + [v.depth]
+    cuts = sorted(set(i + 1 for i in v.deepstack_layers)) + [v.depth]
     out, start = [], 0
     for end in cuts:
         if end > start:

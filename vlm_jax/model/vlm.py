@@ -29,6 +29,18 @@ def visual_tokens_per_entry(grid_thw: np.ndarray, config: mlc.ConfigDict) -> np.
     return grid_thw.prod(-1) // config.vision.spatial_merge_size ** 2
 
 
+def llm_grid_thw(grid_thw: np.ndarray, config: mlc.ConfigDict) -> np.ndarray:
+    """The grids `get_rope_index` should see: the patch grids, or for the resampler the virtual
+    (1, 2*side, 2*side) grid of its side x side queries."""
+    grid_thw = np.asarray(grid_thw).reshape(-1, 3)
+    if config.merger != "resampler":
+        return grid_thw
+    side = int(round(config.resampler_num_queries ** 0.5))
+    m = config.vision.spatial_merge_size
+    out = np.tile(np.asarray([[1, side * m, side * m]], grid_thw.dtype), (len(grid_thw), 1))
+    return np.where(grid_thw[:, :1] > 0, out, 0)
+
+
 def check_visual_inputs(config: mlc.ConfigDict, input_ids, pixel_values, grid_thw) -> None:
     """Raises a ValueError naming the mismatch between placeholders, grids and patches."""
     ids = np.asarray(input_ids)

@@ -1,0 +1,1 @@
+"""Data: vision processor, tokenizer, chat template, packing, Grain pipelines, sources, synthetic world."""
