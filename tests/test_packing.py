@@ -230,3 +230,16 @@ def test_pack_iter_dataset_finite_stream_drains():
     total = sum(b[STATS_KEY]["samples"] for b in batches)
     skipped = sum(sum(b[STATS_KEY]["skipped"].values()) for b in batches)
     assert total + skipped == 100
+
+
+def test_stream_of_only_skips_fails_loudly():
+    """A source where every sample is bad stops with the cause instead of spinning forever."""
+    import grain
+
+    from vlm_jax.data.packing import PackingConfig, PackIterDataset
+
+    bad = grain.MapDataset.source([{"skipped": "processing_error", "message": f"sample {i}: boom"}
+                                   for i in range(50)]).to_iter_dataset()
+    ds = PackIterDataset(bad, PackingConfig(seq_len=16, batch_size=1, max_consecutive_skips=10))
+    with pytest.raises(RuntimeError, match=r"10 consecutive samples were skipped; last: processing_error: sample 9"):
+        next(iter(ds))

@@ -69,6 +69,8 @@ class PackingConfig:
     buffer_factor: the pool is refilled until it holds this many batches' worth of tokens (or of
       patches), before each batch is packed; larger packs tighter but delays samples more.
     max_buffer_samples: hard cap on the pool size.
+    max_consecutive_skips: this many skipped samples in a row stop the stream with an error naming
+      the last cause (data that is all bad, or a wrong tokenizer, must not spin silently).
     """
 
     seq_len: int
@@ -80,6 +82,7 @@ class PackingConfig:
     pad_id: int = 0
     buffer_factor: float = 2.0
     max_buffer_samples: int = 1024
+    max_consecutive_skips: int = 1000
 
     def __post_init__(self):
         for name in ("seq_len", "batch_size", "max_patches", "max_grids", "patch_dim", "max_buffer_samples"):
@@ -276,6 +279,7 @@ class BatchPacker:
 
     def _skip(self, reason: str, message: str) -> None:
         self.skipped[reason] += 1
+        self.last_skip = f"{reason}: {message}"
         if len(self.skip_messages) < self.max_messages:
             self.skip_messages.append(message)
 
@@ -351,6 +355,7 @@ class _PackIterator(grain.DatasetIterator):
         self._states: list[Any] = []  # parent state before each pool entry was read
         self._next_seq = 0
         self._exhausted = False
+        self._consecutive_skips = 0
 
     def _read_one(self) -> bool:
         before = self._parent.get_state()
@@ -364,6 +369,14 @@ class _PackIterator(grain.DatasetIterator):
         if self._packer.add(element):
             self._seqs.append(seq)
             self._states.append(before)
+            self._consecutive_skips = 0
+        else:
+            self._consecutive_skips += 1
+            if self._consecutive_skips >= self._cfg.max_consecutive_skips:
+                # A stream that only skips would otherwise spin forever without a word.
+                raise RuntimeError(
+                    f"{self._consecutive_skips} consecutive samples were skipped; last: "
+                    f"{self._packer.last_skip}")
         return True
 
     def __next__(self) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from typing import Any
 
 import grain
 import numpy as np
+import tokenizers
 
 from vlm_jax.data import packing as packing_lib
 from vlm_jax.data import sources as sources_lib
@@ -473,10 +474,12 @@ class SampleProcessor:
 
     @property
     def tokenizer(self) -> Any:
-        if isinstance(self._tokenizer, (str, os.PathLike)):
-            from vlm_jax.data.tokenizer import load_tokenizer
+        from vlm_jax.data.tokenizer import Tokenizer, load_tokenizer
 
+        if isinstance(self._tokenizer, (str, os.PathLike)):
             self._tokenizer = load_tokenizer(self._tokenizer)
+        elif isinstance(self._tokenizer, tokenizers.Tokenizer):  # a raw `tokenizers` object: wrap it
+            self._tokenizer = Tokenizer(self._tokenizer)
         return self._tokenizer
 
     def _where(self, index: int, sample: Mapping | None) -> str:
