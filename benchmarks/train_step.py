@@ -1,0 +1,204 @@
+"""Training-step throughput: vlm_jax vs the Hugging Face PyTorch reference, on CPU.
+
+One step is forward + backward + AdamW update on the same batch with the same weights:
+  ours: one `jax.jit` of loss -> `jax.value_and_grad` -> `optax.adamw` update -> new params,
+        with params and optimizer state donated;
+  ref:  `Qwen3VLForConditionalGeneration` built from `hf_config_from(config)`, loss from
+        `labels=input_ids`, `loss.backward()`, `torch.optim.AdamW.step()`, `zero_grad()`.
+The loss is next-token cross-entropy over every position (as HF computes it from `labels`).
+Our weights are converted from the HF model, and the two step-0 losses must agree to 1e-4
+(a guard against timing two different computations). Repetitions alternate between the two
+sides; medians and tokens/s (batch * seq / median step time) are reported.
+
+    python benchmarks/train_step.py --configs tiny,100m --batch 4 --seq 512 --images 4 --image_size 224
+
+`--images` is the number of images in the whole batch, dealt to the rows round-robin.
+Progress goes to stderr; stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from vlm_jax.configs import model as model_configs  # noqa: E402
+from vlm_jax.convert import hf as convert  # noqa: E402
+from vlm_jax.model.vlm import Qwen3VL  # noqa: E402
+
+LOSS_TOL = 1e-4
+# Timed steps and extra untimed warm-up steps per side (step 0, which is checked, always warms up).
+DEFAULT_STEPS = {"tiny": 6, "tiny-moe": 6, "100m": 2}
+DEFAULT_WARMUP = {"tiny": 1, "tiny-moe": 1, "100m": 0}
+
+
+def hf_model(c, seed: int, attn: str):
+    """A randomly initialised HF Qwen3-VL (dense or MoE) for our config, in train mode."""
+    torch.manual_seed(seed)
+    d = convert.hf_config_from(c)
+    moe = bool(c.text.num_experts)
+    cfg_cls = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
+    cls = (transformers.Qwen3VLMoeForConditionalGeneration if moe
+           else transformers.Qwen3VLForConditionalGeneration)
+    model = cls(cfg_cls(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")}))
+    for cfg in (model.config, model.model.visual.config, model.model.language_model.config):
+        cfg._attn_implementation = attn
+    return model.train()
+
+
+def ours_step_fn(c, opt):
+    model = Qwen3VL(c)
+
+    def loss_fn(params, ids, pos, px, grid):
+        logits = model.apply({"params": params}, ids, pos, None, px, grid)["logits"]
+        # Next-token labels with the last position weighted out: the same mean over B * (S - 1)
+        # terms as HF's shifted loss, without copying a sliced [B, S - 1, V] logits tensor.
+        labels = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
+        weight = jnp.ones(ids.shape, jnp.float32).at[:, -1].set(0.0)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return jnp.sum(ce * weight) / jnp.sum(weight)
+
+    def step(params, opt_state, ids, pos, px, grid):
+        loss, grads = jax.value_and_grad(loss_fn)(params, ids, pos, px, grid)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def bench_config(name: str, args) -> dict:
+    c = model_configs.get_config(name)
+    if name.startswith("tiny-moe"):
+        c = c.unlock()
+        c.text.moe_impl = args.moe_impl
+        c.lock()
+    b = common.vlm_batch(c, args.batch, args.seq, args.images, args.image_size, seed=args.seed)
+    common.log(f"[{name}] building HF model ({args.ref_attn} attention) and converting weights")
+    ref = hf_model(c, args.seed, args.ref_attn)
+    params = convert.params_from_hf_tensors(((k, v.detach().numpy()) for k, v in ref.state_dict().items()), c)
+    n_params = int(sum(x.size for x in jax.tree.leaves(params)))
+    n_ref = sum(p.numel() for p in ref.parameters())
+
+    hyper = dict(lr=args.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+    opt = optax.adamw(hyper["lr"], b1=hyper["b1"], b2=hyper["b2"], eps=hyper["eps"],
+                      weight_decay=hyper["weight_decay"])
+    ropt = torch.optim.AdamW(ref.parameters(), lr=hyper["lr"], betas=(hyper["b1"], hyper["b2"]),
+                             eps=hyper["eps"], weight_decay=hyper["weight_decay"])
+
+    # --- ours: compile ahead of time so compile time is measured on its own
+    vis = (jnp.asarray(b["pixel_values"]), jnp.asarray(b["grid_thw"])) if args.images else (None, None)
+    inputs = (jnp.asarray(b["input_ids"]), jnp.asarray(b["position_ids"]), *vis)
+    state = {"params": params, "opt": opt.init(params)}
+    common.log(f"[{name}] compiling ours")
+    step_fn = ours_step_fn(c, opt)
+    t_lower, lowered = common.timed(lambda: step_fn.lower(state["params"], state["opt"], *inputs))
+    t_compile, compiled = common.timed(lowered.compile)
+
+    def ours():
+        state["params"], state["opt"], loss = compiled(state["params"], state["opt"], *inputs)
+        return float(loss)  # blocks until the step is done
+
+    # --- reference
+    t = lambda a, dt=torch.long: torch.as_tensor(np.asarray(a), dtype=dt)
+    ref_inputs = dict(input_ids=t(b["input_ids"]), labels=t(b["input_ids"]),
+                      mm_token_type_ids=t(b["token_types"], torch.int32))
+    if args.images:
+        ref_inputs.update(pixel_values=t(b["pixel_values"], torch.float32), image_grid_thw=t(b["grid_thw"]))
+
+    def reference():
+        loss = ref(**ref_inputs).loss
+        loss.backward()
+        ropt.step()
+        ropt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    # --- step 0 (also the first warm-up): both sides must compute the same loss
+    t0_ours, loss_ours = common.timed(ours)
+    t0_ref, loss_ref = common.timed(reference)
+    diff = abs(loss_ours - loss_ref)
+    common.log(f"[{name}] step-0 loss ours={loss_ours:.6f} ref={loss_ref:.6f} |diff|={diff:.2e}; "
+               f"first step ours {t0_ours:.2f}s ref {t0_ref:.2f}s")
+    if not diff <= LOSS_TOL:
+        raise SystemExit(f"[{name}] step-0 losses differ by {diff:.3e} > {LOSS_TOL}: "
+                         "not the same computation")
+
+    steps = args.steps or DEFAULT_STEPS.get(name, 2)
+    warmup = DEFAULT_WARMUP.get(name, 0) if args.warmup < 0 else args.warmup
+    common.log(f"[{name}] timing {steps} interleaved steps per side (+{warmup} warm-up)")
+    times = common.interleaved({"ours": ours, "ref": reference}, reps=steps, warmup=warmup)
+    tokens = args.batch * args.seq
+    wall = {k: times[k]["wall"] for k in times}
+    ours_med, ref_med = common.median(wall["ours"]), common.median(wall["ref"])
+    ours_cpu, ref_cpu = common.median(times["ours"]["cpu"]), common.median(times["ref"]["cpu"])
+    # Per-repetition ratios (adjacent runs share the machine load) as a spread measure.
+    pair = sorted(r / o for o, r in zip(wall["ours"], wall["ref"]))
+    out = dict(
+        ours_tokens_per_s=round(tokens / ours_med, 1),
+        ref_tokens_per_s=round(tokens / ref_med, 1),
+        ratio=round(ref_med / ours_med, 3),
+        ratio_per_rep_min_max=[round(pair[0], 3), round(pair[-1], 3)],
+        ours_step_ms_median=round(1e3 * ours_med, 1),
+        ref_step_ms_median=round(1e3 * ref_med, 1),
+        # Process CPU seconds per step (all threads): steadier than wall time on a shared machine.
+        ours_cpu_s_median=round(ours_cpu, 2),
+        ref_cpu_s_median=round(ref_cpu, 2),
+        cpu_ratio=round(ref_cpu / ours_cpu, 3),
+        compile_s=round(t_lower + t_compile, 2),
+        params=n_params,
+        ref_params=n_ref,
+        steps=steps,
+        ours_step_ms=[round(1e3 * x, 1) for x in wall["ours"]],
+        ref_step_ms=[round(1e3 * x, 1) for x in wall["ref"]],
+        loss_step0_ours=round(loss_ours, 6),
+        loss_step0_ref=round(loss_ref, 6),
+        loss_step0_abs_diff=float(f"{diff:.3e}"),
+        visual_tokens=int(sum(b["images_per_row"]) * b["visual_tokens_per_image"]),
+        patches=int(b["pixel_values"].shape[0]),
+    )
+    common.log(f"[{name}] {out['ours_tokens_per_s']} vs {out['ref_tokens_per_s']} tokens/s: "
+               f"ratio {out['ratio']}")
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", default="tiny,100m", help="comma-separated model sizes (get_config names)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--images", type=int, default=4,
+                   help="images in the whole batch (dealt to the rows round-robin)")
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=0,
+                   help=f"timed steps per side (0: per-config default {DEFAULT_STEPS}, else 2)")
+    p.add_argument("--warmup", type=int, default=-1,
+                   help=f"untimed steps per side after the checked step 0 (-1: {DEFAULT_WARMUP}, else 0)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ref_attn", default="sdpa", choices=("sdpa", "eager"),
+                   help="HF attention implementation (sdpa is transformers' default)")
+    p.add_argument("--moe_impl", default="ragged", choices=("ragged", "dense"), help="ours, for tiny-moe")
+    args = p.parse_args(argv)
+
+    cores = common.num_cores()
+    torch.set_num_threads(cores)
+    setup = dict(batch=args.batch, seq=args.seq, images=args.images, image_size=args.image_size,
+                 ref_attn=args.ref_attn, cores=cores, torch_threads=torch.get_num_threads(),
+                 jax=jax.__version__, torch=torch.__version__, transformers=transformers.__version__,
+                 backend=jax.default_backend(), xla_flags=os.environ.get("XLA_FLAGS", ""))
+    results = {name: bench_config(name, args) for name in args.configs.split(",") if name}
+    common.print_json({"setup": setup, "configs": results})
+
+
+if __name__ == "__main__":
+    main()
