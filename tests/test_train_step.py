@@ -1,0 +1,118 @@
+"""The train step on one device: overfitting, the non-finite guard, gradient accumulation,
+freezing, remat override and per-task metrics."""
+
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from vlm_jax.configs import train_base
+from vlm_jax.configs.model import get_config
+from vlm_jax.parallel import make_mesh
+from vlm_jax.train import check_skips, init_train_state, make_train_step, put_batch, stack_microbatches
+from vlm_jax.train.fake_data import make_fake_batch, merge_process_batches
+from vlm_jax.train.state import train_state_from_params
+from vlm_jax.train.step import CPU_FAST_COMPILE as FAST
+from vlm_jax.train.step import NonFiniteAbort, global_batch_shapes
+
+MODEL = get_config("tiny")
+
+
+def _cfg(**kw):
+    base = {"optimizer.warmup_steps": 0, "optimizer.schedule": "constant", "optimizer.llm_lr": 3e-3,
+            "optimizer.vision_lr": 3e-3, "optimizer.merger_lr": 3e-3, "optimizer.weight_decay": 0.0,
+            "loss.num_tasks": 2, "guard.max_consecutive_skips": 2}
+    base.update(kw)
+    return train_base.get_config(**base)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return make_mesh({"data": 1}, jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def setup(mesh):
+    cfg = _cfg()
+    batch = make_fake_batch(MODEL, 2, 32, 32, 3)
+    step = make_train_step(MODEL, cfg, mesh, batch_shapes=global_batch_shapes(batch), compiler_options=FAST)
+    return cfg, batch, step
+
+
+@pytest.fixture(scope="module")
+def params0(mesh):
+    """Initial params, compiled once for the module (each init is a ~10 s CPU compile)."""
+    return _np(init_train_state(MODEL, _cfg(), mesh, compiler_options=FAST).params)
+
+
+def _fresh(params, cfg, mesh):
+    return train_state_from_params(params, MODEL, cfg, mesh, compiler_options=FAST)
+
+
+def _np(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def test_overfits_a_fixed_batch(setup, mesh, params0):
+    cfg, batch, step = setup
+    state = _fresh(params0, cfg, mesh)
+    dev_batch = put_batch(batch, mesh)
+    t0, losses = time.time(), []
+    for _ in range(300):
+        state, m = step(state, dev_batch)
+        losses.append(float(m["loss"]))
+        if losses[-1] < 0.1:
+            break
+    print(f"overfit: {len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.4f}, {time.time() - t0:.1f}s")
+    assert losses[-1] < 0.1, losses[::20]
+    assert int(state.step) == len(losses) and int(state.skipped_steps) == 0
+    # Per-task breakdown is consistent with the total.
+    tw, tl = np.asarray(m["task_weight"]), np.asarray(m["task_loss"])
+    assert tw.shape == (3,) and tw.sum() == pytest.approx(float(m["weight_sum"]))
+    assert (tl * tw).sum() / tw.sum() == pytest.approx(float(m["ce_loss"]), rel=1e-4)
+
+
+def test_nonfinite_steps_are_skipped_and_counted(setup, mesh, params0):
+    cfg, batch, step = setup
+    state = _fresh(params0, cfg, mesh)
+    state, m = step(state, put_batch(batch, mesh))
+    before = _np(state)
+    bad = dict(batch, loss_weights=np.where(batch["loss_weights"] > 0, np.nan, 0).astype(np.float32))
+    state, m = step(state, put_batch(bad, mesh))
+    assert int(m["skipped"]) == 1 and int(m["consecutive_skips"]) == 1 and int(m["skipped_steps"]) == 1
+    after = _np(state)
+    jax.tree.map(np.testing.assert_array_equal, after.params, before.params)
+    jax.tree.map(np.testing.assert_array_equal, after.opt_state, before.opt_state)
+    assert int(after.step) == int(before.step) + 1
+    check_skips(m, cfg)  # 1 < limit 2: no abort
+    state, m = step(state, put_batch(bad, mesh))
+    with pytest.raises(NonFiniteAbort, match="2 consecutive train steps"):
+        check_skips(m, cfg)
+    state, m = step(state, put_batch(batch, mesh))
+    assert int(m["skipped"]) == 0 and int(m["consecutive_skips"]) == 0 and int(m["skipped_steps"]) == 2
+    assert np.isfinite(float(m["loss"]))
+
+
+def test_grad_accumulation_equals_one_big_batch_with_freezing_and_remat(mesh, params0):
+    """Two micro-batches (own vision buffers) == one batch holding both: the loss is normalised
+    by the weight sum over the whole step. Also: frozen vision is untouched; remat is exact."""
+    mbs = [make_fake_batch(MODEL, 2, 32, 32, seed, loss_normalization="sqrt") for seed in (5, 6)]
+    big = merge_process_batches(mbs)
+    # lr 1e-3: Adam's first update is lr * g / (|g| + eps), so float noise in near-zero grads
+    # (summed in another order over micro-batches) moves params by up to ~lr * 1e-2.
+    kw = {"optimizer.freeze_vision": True, "optimizer.llm_lr": 1e-3, "optimizer.merger_lr": 1e-3}
+    cfg1 = _cfg(**kw)
+    cfg2 = _cfg(grad_accum_steps=2, remat_policy="full", **kw)
+    s1, s2 = _fresh(params0, cfg1, mesh), _fresh(params0, cfg2, mesh)
+    step1 = make_train_step(MODEL, cfg1, mesh, batch_shapes=global_batch_shapes(big), compiler_options=FAST)
+    stacked = stack_microbatches(mbs)
+    step2 = make_train_step(MODEL, cfg2, mesh, batch_shapes=global_batch_shapes(stacked), compiler_options=FAST)
+    s1, m1 = step1(s1, put_batch(big, mesh))
+    s2, m2 = step2(s2, put_batch(stacked, mesh, microbatched=True))
+    for k in ("loss", "weight_sum", "grad_norm", "num_tokens"):
+        np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(m2["task_loss"], m1["task_loss"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5), _np(s2.params), _np(s1.params))
+    jax.tree.map(np.testing.assert_array_equal, _np(s1.params["vision"]), params0["vision"])
+    assert np.abs(np.asarray(s1.params["merger"]["fc1"]["kernel"]) - params0["merger"]["fc1"]["kernel"]).max() > 1e-4
