@@ -1,0 +1,135 @@
+"""Generation speed: vlm_jax `generate` vs Hugging Face `model.generate`, on CPU.
+
+Same weights (ours converted from a randomly initialised HF model), same prompts, greedy
+decoding of exactly `--new_tokens` tokens (no stop token), float32. For each side:
+  prefill_s:  median time of a generate call with max_new_tokens=1 (prompt in, one token out);
+  decode_tok_s: batch * (N - 1) / (median time(N tokens) - median time(1 token)).
+Both are reported for wall time and for process CPU time ("cpu": steadier on a shared machine).
+Ours is timed on both decode paths: the all-in-jit `while_loop` ("ours") and the jitted step
+driven by a host loop ("ours_host_loop", what streaming uses). Compilation is excluded (warm-up
+calls). Repetitions alternate between the contenders (benchmarks/common.py). The fraction of
+greedy tokens on which both sides agree is reported as a guard against timing different work.
+
+    python benchmarks/generate.py --configs tiny,100m --batches 1,8 --prompt_len 64 --new_tokens 32
+
+Progress goes to stderr; stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from vlm_jax.configs import model as model_configs  # noqa: E402
+from vlm_jax.convert import hf as convert  # noqa: E402
+from vlm_jax.inference.generate import generate  # noqa: E402
+
+DEFAULT_REPS = {"tiny": 5, "tiny-moe": 5, "100m": 3}
+
+
+def hf_model(c, seed: int, attn: str):
+    """A randomly initialised HF Qwen3-VL (dense or MoE) for our config, in eval mode."""
+    torch.manual_seed(seed)
+    d = convert.hf_config_from(c)
+    moe = bool(c.text.num_experts)
+    cfg_cls = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
+    cls = (transformers.Qwen3VLMoeForConditionalGeneration if moe
+           else transformers.Qwen3VLForConditionalGeneration)
+    model = cls(cfg_cls(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")}))
+    for cfg in (model.config, model.model.visual.config, model.model.language_model.config):
+        cfg._attn_implementation = attn
+    return model.eval()
+
+
+def bench_one(c, hf, params, batch: int, args) -> dict:
+    data = common.vlm_batch(c, batch, args.prompt_len, args.images * batch, args.image_size, seed=batch)
+    ids = data["input_ids"]
+    has_vis = args.images > 0
+    px, grid = (data["pixel_values"], data["grid_thw"]) if has_vis else (None, None)
+    hf_kw = dict(input_ids=torch.as_tensor(ids, dtype=torch.long),
+                 attention_mask=torch.ones(ids.shape, dtype=torch.long))
+    if has_vis:
+        hf_kw.update(pixel_values=torch.as_tensor(px), image_grid_thw=torch.as_tensor(grid, dtype=torch.long),
+                     mm_token_type_ids=torch.as_tensor(data["token_types"], dtype=torch.int32))
+
+    def hf_run(n):
+        with torch.no_grad():
+            out = hf.generate(**hf_kw, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                              eos_token_id=None, pad_token_id=0)
+        return out[:, ids.shape[1]:].numpy()
+
+    def ours_run(n, loop):
+        return generate(c, params, list(ids), pixel_values=px, grid_thw=grid, preset="greedy",
+                        max_new_tokens=n, use_while_loop=loop).tokens
+
+    n = args.new_tokens
+    fns = {
+        "ref_1": lambda: hf_run(1), "ref_n": lambda: hf_run(n),
+        "ours_1": lambda: ours_run(1, True), "ours_n": lambda: ours_run(n, True),
+        "ours_host_loop_1": lambda: ours_run(1, False), "ours_host_loop_n": lambda: ours_run(n, False),
+    }
+    agree = float(np.mean(hf_run(n) == ours_run(n, True)))
+    times = common.interleaved(fns, reps=args.reps or DEFAULT_REPS.get(args.config, 3), warmup=1)
+    out = {"batch": batch, "prompt_len": args.prompt_len, "new_tokens": n, "greedy_token_agreement": agree}
+    # Wall time, and process CPU time (steadier on a shared machine: it does not grow while other
+    # processes hold the cores).
+    for clock in ("wall", "cpu"):
+        med = {k: common.median(v[clock] if isinstance(v, dict) else v) for k, v in times.items()}
+        res = {}
+        for side in ("ref", "ours", "ours_host_loop"):
+            decode = med[f"{side}_n"] - med[f"{side}_1"]
+            res[side] = {"prefill_s": round(med[f"{side}_1"], 5),
+                         "decode_tok_s": round(batch * (n - 1) / decode, 1) if decode > 0 else float("inf")}
+        for side in ("ours", "ours_host_loop"):
+            res[f"{side}_vs_ref"] = {
+                "prefill_speedup": round(res["ref"]["prefill_s"] / res[side]["prefill_s"], 2),
+                "decode_speedup": round(res[side]["decode_tok_s"] / res["ref"]["decode_tok_s"], 2)}
+        out[clock] = res
+        if not isinstance(next(iter(times.values())), dict):
+            break
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="tiny,100m")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--prompt_len", type=int, default=64)
+    p.add_argument("--new_tokens", type=int, default=32)
+    p.add_argument("--images", type=int, default=0, help="images per prompt row")
+    p.add_argument("--image_size", type=int, default=64)
+    p.add_argument("--reps", type=int, default=0, help="timed repetitions (0: per-config default)")
+    p.add_argument("--attn", default="sdpa", help="HF attention implementation (sdpa | eager)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    result = {"device": jax.devices()[0].device_kind, "cores": common.num_cores(),
+              "torch_threads": torch.get_num_threads(), "hf_attn": args.attn, "runs": []}
+    for name in args.configs.split(","):
+        args.config = name
+        c = model_configs.get_config(name)
+        common.log(f"[{name}] building models")
+        hf = hf_model(c, args.seed, args.attn)
+        tensors = ((k, v.detach().numpy()) for k, v in hf.state_dict().items())
+        params = convert.params_from_hf_tensors(tensors, c)
+        n_params = sum(x.numel() for x in hf.parameters())
+        for b in (int(x) for x in args.batches.split(",")):
+            common.log(f"[{name}] batch {b}")
+            r = bench_one(c, hf, params, b, args)
+            result["runs"].append({"config": name, "params_m": round(n_params / 1e6, 1), **r})
+            common.log(r)
+    common.print_json(result)
+
+
+if __name__ == "__main__":
+    main()
