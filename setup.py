@@ -25,6 +25,7 @@ setup(
         "pillow>=10",
         "numpy>=1.26",
         "tensorboardX>=2.6",
+        "tqdm>=4.60",
     ],
     extras_require={
         # The numerical oracle: Hugging Face transformers on a CPU build of torch.

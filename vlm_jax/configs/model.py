@@ -59,6 +59,10 @@ def base_config() -> mlc.ConfigDict:
     v.attention = "full"  # "full" | "window"
     v.window_size = 128  # pixels; must be a multiple of patch_size * spatial_merge_size
     v.full_attention_layers = (7, 15, 23, 31)
+    # Patches per attention block of the flat patch sequence (0 = one dense [P, P] mask). Set it to
+    # at least the largest frame (max_pixels / patch_size^2) to make ViT attention cost linear in P;
+    # a longer frame falls back to the dense path (exact either way, see kernels/attention.py).
+    v.attention_block = 0
 
     t = c.text = mlc.ConfigDict()
     t.vocab_size = 151936
@@ -149,6 +153,7 @@ def validate(c: mlc.ConfigDict) -> None:
     need(all(0 <= i < v.depth for i in v.deepstack_layers),
          f"vision.deepstack_layers={tuple(v.deepstack_layers)} outside [0, depth={v.depth})")
     need(v.attention in ("full", "window"), f"vision.attention={v.attention!r} (expected 'full' or 'window')")
+    need(v.attention_block >= 0, f"vision.attention_block={v.attention_block} must be >= 0")
     unit = v.patch_size * v.spatial_merge_size
     need(v.window_size % unit == 0, f"vision.window_size={v.window_size} is not a multiple of {unit} pixels")
     need(t.num_heads % t.num_kv_heads == 0, f"text.num_heads={t.num_heads} not divisible by num_kv_heads")

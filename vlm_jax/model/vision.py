@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections as mlc
 
-from vlm_jax.kernels.attention import dot_product_attention
+from vlm_jax.kernels.attention import segment_attention
 from vlm_jax.model import layers, rope
 
 # Window ids live in the low 16 bits of a window segment id (see `patch_layout`).
@@ -81,17 +81,17 @@ class VisionAttention(nn.Module):
     config: mlc.ConfigDict
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, segment_ids):
         v = self.config.vision
         dt, pdt = layers.dtype_of(self.config.dtype), layers.dtype_of(self.config.param_dtype)
         heads, hd = v.num_heads, v.hidden_size // v.num_heads
         qkv = layers.Dense(3 * v.hidden_size, ("vision_embed", "vision_qkv"), dtype=dt, param_dtype=pdt,
                            name="qkv")(x)
         q, k, val = jnp.split(qkv.reshape(x.shape[0], 3, heads, hd), 3, axis=1)
-        q, k, val = (a[:, 0][None] for a in (q, k, val))  # [1, P, H, hd]
-        q, k = rope.apply_rope(q, cos[None], sin[None]), rope.apply_rope(k, cos[None], sin[None])
-        out = dot_product_attention(q, k, val, mask=mask, impl=self.config.attention_impl)
-        out = out[0].reshape(x.shape[0], v.hidden_size)
+        q, k, val = (a[:, 0] for a in (q, k, val))  # [P, H, hd]
+        q, k = rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin)
+        out = segment_attention(q, k, val, segment_ids, block=v.attention_block, impl=self.config.attention_impl)
+        out = out.reshape(x.shape[0], v.hidden_size)
         return layers.Dense(v.hidden_size, ("vision_heads", "vision_embed"), dtype=dt, param_dtype=pdt,
                             name="proj")(out)
 
@@ -102,12 +102,12 @@ class VisionBlock(nn.Module):
     config: mlc.ConfigDict
 
     @nn.compact
-    def __call__(self, x, full_attention, cos, sin, full_mask, window_mask):
+    def __call__(self, x, full_attention, cos, sin, frame_ids, window_ids):
         v = self.config.vision
         dt, pdt = layers.dtype_of(self.config.dtype), layers.dtype_of(self.config.param_dtype)
-        mask = full_mask if window_mask is None else jnp.where(full_attention, full_mask, window_mask)
+        segment_ids = frame_ids if window_ids is None else jnp.where(full_attention, frame_ids, window_ids)
         h = layers.LayerNorm(v.layer_norm_eps, "vision_embed", pdt, name="norm1")(x)
-        x = x + VisionAttention(self.config, name="attn")(h, cos, sin, mask)
+        x = x + VisionAttention(self.config, name="attn")(h, cos, sin, segment_ids)
         h = layers.LayerNorm(v.layer_norm_eps, "vision_embed", pdt, name="norm2")(x)
         h = layers.Dense(v.intermediate_size, ("vision_embed", "vision_mlp"), dtype=dt, param_dtype=pdt,
                          name="fc1")(h)
@@ -156,12 +156,8 @@ class VisionTower(nn.Module):
         x = layers.constrain((x + pos.astype(x.dtype)), ("vision_seq", "vision_embed"))
 
         cos, sin = rope.vision_cos_sin(lay["row"], lay["col"], v.hidden_size // v.num_heads, v.rope_theta)
-        seg = lay["segment"]
-        full_mask = ((seg[:, None] == seg[None, :]) & (seg[None, :] != 0))[None]
-        window_mask = None
-        if window_patches:
-            win = lay["window"]
-            window_mask = ((win[:, None] == win[None, :]) & (win[None, :] != 0))[None]
+        # Attention segments: frames in full-attention layers, windows inside frames otherwise.
+        window_ids = lay["window"] if window_patches else None
         full_layers = jnp.asarray([(i in v.full_attention_layers) or not window_patches for i in range(v.depth)])
 
         block = layers.maybe_remat(VisionBlock, c.remat_policy)
@@ -170,8 +166,8 @@ class VisionTower(nn.Module):
             stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                             length=end - start, metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(c, name=f"blocks_{start}_{end}")(x, full_layers[start:end], cos, sin, full_mask,
-                                                          window_mask)
+            x, _ = stack(c, name=f"blocks_{start}_{end}")(x, full_layers[start:end], cos, sin, lay["segment"],
+                                                          window_ids)
             if c.deepstack and (end - 1) in v.deepstack_layers:
                 taps_out.append(x)
         # Taps in the configured order (the order of the DeepStack mergers).

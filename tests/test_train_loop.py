@@ -1,0 +1,158 @@
+"""The train loop end to end (`train_and_evaluate`): logs, export, evaluation, exact resume across
+runs, and the recipe's stage chaining (S0 trains only the merger; the next stage starts from it)."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vlm_jax.configs import recipe, synthetic_tiny
+from vlm_jax.configs.experiment import model_config
+from vlm_jax.convert.__main__ import load_params, save_params
+from vlm_jax.inference.loading import load_processor_config
+from vlm_jax.model.vlm import init_params
+from vlm_jax.train.loop import train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _small(c, steps):
+    """Shrinks a tiny-scale experiment config to a few fast steps (schedule fixed at 6 steps)."""
+    c.train.num_train_steps = steps
+    c.train.optimizer.update(warmup_steps=2, decay_steps=6)
+    c.train.checkpoint.update(every_steps=3, keep=2)
+    c.data.pipeline.update(seq_len=128, batch_size=2, max_patches=256, max_grids=16)
+    c.log.update(every_steps=1, progress=False, peak_flops_per_device=1e11)
+    c.eval.tasks = ()
+    return c
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _final_params(workdir):
+    return load_params(os.path.join(workdir, "final"))[1]
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """6 uninterrupted steps, then a small evaluation."""
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    c = _small(synthetic_tiny.get_config(), 6)
+    c.eval.update(tasks=("counting",), num_per_task=3, batch_size=3, max_new_tokens=4, num_visualizations=2)
+    return workdir, train_and_evaluate(c, workdir)
+
+
+def test_logs_export_and_evaluation(straight):
+    workdir, summary = straight
+    rows = [r for r in _rows(workdir) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "grad_norm", "lr_llm", "tokens_per_second", "step_seconds", "mfu"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert any(k.startswith("task_loss/") for k in rows[-1])
+    assert rows[1]["lr_llm"] > rows[0]["lr_llm"] > 0  # warmup
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 0 and summary["resumed_from"] is None
+    assert summary["first_loss"] == pytest.approx(rows[0]["loss"], abs=1e-4)
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert json.load(open(os.path.join(workdir, "summary.json")))["steps"] == 6
+    # Export: params, model config, tokenizer and the processor settings the model trained with.
+    final = os.path.join(workdir, "final")
+    assert {"model_config.json", "params", "tokenizer.json", "processor_config.json"} <= set(os.listdir(final))
+    assert load_processor_config(workdir).max_pixels == 64 * 64
+    # Evaluation on the held-out split, with baselines, JSON and PNGs.
+    ev = summary["eval"]
+    assert ev["tasks"]["counting"]["n"] == 3 and 0 <= ev["tasks"]["counting"]["exact"] <= 1
+    assert "baseline" in ev["tasks"]["counting"]
+    assert os.path.exists(os.path.join(workdir, "eval", "results.json"))
+    assert any(f.endswith(".png") for f in os.listdir(os.path.join(workdir, "eval")))
+    assert any("eval/counting/exact" in r for r in _rows(workdir))
+
+
+def test_stop_and_resume_equals_uninterrupted_run(straight, tmp_path):
+    workdir_a, _ = straight
+    workdir_b = str(tmp_path / "b")
+    train_and_evaluate(_small(synthetic_tiny.get_config(), 3), workdir_b)
+    summary = train_and_evaluate(_small(synthetic_tiny.get_config(), 6), workdir_b)
+    assert summary["resumed_from"] == 3 and summary["steps"] == 6
+    loss_a = [r["loss"] for r in _rows(workdir_a) if "loss" in r]
+    loss_b = [r["loss"] for r in _rows(workdir_b) if "loss" in r]
+    assert len(loss_b) == 6
+    np.testing.assert_allclose(loss_b, loss_a, rtol=0, atol=1e-6)
+    assert _max_diff(_final_params(workdir_a), _final_params(workdir_b)) == 0.0
+
+
+def _stage(name, steps):
+    c = recipe.stage_config(name, size="tiny", scale="tiny")
+    return _small(c, steps)
+
+
+def test_recipe_s0_trains_only_the_merger_and_s1_starts_from_it(tmp_path):
+    c0 = _stage("s0_align", 2)
+    init_dir = tmp_path / "init"  # S0 starts from given params (at full scale: a converted checkpoint)
+    m = model_config(c0)
+    save_params(jax.device_get(init_params(m, jax.random.key(3))), m, init_dir)
+    c0.init_from = str(init_dir)
+    s0_dir = str(tmp_path / "s0")
+    train_and_evaluate(c0, s0_dir)
+    before, after = load_params(init_dir)[1], _final_params(s0_dir)
+    changed = {k: _max_diff(before[k], after[k]) > 0 for k in before}
+    assert changed.pop("merger") and changed.pop("deepstack_mergers")
+    assert not any(changed.values()), changed  # vision tower and LLM frozen
+
+    # S1 from S0's export; with every lr at 0 its params stay exactly S0's.
+    c1 = _stage("s1_multimodal", 1)
+    assert c1.init_from == "runs/s0_align"
+    c1.init_from = s0_dir
+    c1.train.optimizer.update(llm_lr=0.0, vision_lr=0.0, merger_lr=0.0)
+    s1_dir = str(tmp_path / "s1")
+    summary = train_and_evaluate(c1, s1_dir)
+    assert summary["steps"] == 1
+    assert _max_diff(after, _final_params(s1_dir)) == 0.0
+
+
+@pytest.mark.parametrize("scale", recipe.SCALES)
+@pytest.mark.parametrize("stage", recipe.ORDER)
+def test_recipe_stage_files_load_and_validate(stage, scale):
+    path = os.path.join(REPO, "vlm_jax", "configs", "recipe", f"{stage}.py")
+    spec = importlib.util.spec_from_file_location(stage, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    size = "tiny" if scale == "tiny" else "8b"
+    c = module.get_config(f"size={size},scale={scale}")
+    s = recipe.STAGES[stage]
+    assert c.data.pipeline.seq_len == (s.tiny_seq_len if scale == "tiny" else s.seq_len)
+    o = c.train.optimizer
+    assert (o.freeze_vision, o.freeze_merger, o.freeze_llm) == tuple(p not in s.trainable
+                                                                   for p in ("vision", "merger", "llm"))
+    assert c.data.pipeline.loss_normalization == ("token" if s.sft else "sqrt")
+    assert c.init_from == (f"runs/{s.previous}" if s.previous else "")
+    assert c.model.name == f"qwen3-vl-{size}"
+
+
+def test_recipe_full_scale_budgets_and_args():
+    s0, s3 = recipe.stage_config("s0_align"), recipe.stage_config("s3_ultralong")
+    assert s3.data.pipeline.seq_len == 262144 and s0.data.pipeline.seq_len == 8192
+    # Steps follow the token budgets: 67B tokens over 4M-token global batches.
+    rows = s0.data.pipeline.batch_size * recipe.REFERENCE_PROCESSES
+    assert s0.train.num_train_steps == int(67e9 // (rows * 8192))
+    sft = recipe.from_arg("sft_32k", "size=2b,thinking=True")
+    assert sft.data.pipeline.thinking == "thinking" and sft.stage == "sft_32k_thinking"
+    assert sft.train.optimizer.llm_lr == 1e-5 and sft.train.optimizer.vision_lr == 1e-6
+    for arg, msg in [("size=8b,colour=red", "unknown key 'colour'"), ("thinking=maybe", "expected True or False"),
+                     ("scale=huge", "unknown recipe scale")]:
+        with pytest.raises(ValueError, match=msg):
+            recipe.from_arg("sft_32k", arg)
+    with pytest.raises(ValueError, match="SFT stages only"):
+        recipe.from_arg("s1_multimodal", "thinking=True")
+    with pytest.raises(ValueError, match="unknown recipe stage"):
+        recipe.stage_config("s4")

@@ -1,0 +1,84 @@
+"""Blocked ViT attention (`vision.attention_block`): exact against the dense mask and the HF
+reference, on the fast path (every frame fits a block) and the dense fallback (one does not)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import hf_oracle as oracle
+from tests.test_parity import LAYOUTS, TOL, build, positions
+from vlm_jax.kernels.attention import _fits, segment_attention
+from vlm_jax.model.vlm import Qwen3VL
+
+
+def _flat(lengths, pad, seed=0, heads=2, dim=8):
+    rng = np.random.default_rng(seed)
+    seg = np.concatenate([np.full(n, i + 1, np.int32) for i, n in enumerate(lengths)] + [np.zeros(pad, np.int32)])
+    q, k, v = (jnp.asarray(rng.normal(size=(len(seg), heads, dim)), jnp.float32) for _ in range(3))
+    return q, k, v, jnp.asarray(seg)
+
+
+def _weighted_loss(block, seg, valid):
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(len(seg), 2, 8)), jnp.float32) * valid[:, None, None]
+    return lambda q, k, v: jnp.sum(segment_attention(q, k, v, seg, block=block) * w)
+
+
+@pytest.mark.parametrize("block", [16, 20, 7])  # 7: the 16-patch frames do not fit -> dense fallback
+def test_blocked_equals_dense_values_and_gradients(block):
+    # Frames that straddle block boundaries, a run of padding longer than the block, odd total length.
+    q, k, v, seg = _flat([7, 16, 3, 16, 9, 12, 1], pad=37)
+    valid = np.asarray(seg) != 0
+    dense = segment_attention(q, k, v, seg, block=0)
+    blocked = jax.jit(lambda q, k, v: segment_attention(q, k, v, seg, block=block))(q, k, v)
+    assert np.abs(np.asarray(blocked - dense))[valid].max() < 1e-6
+    g_dense = jax.grad(_weighted_loss(0, seg, valid), argnums=(0, 1, 2))(q, k, v)
+    g_blocked = jax.jit(jax.grad(_weighted_loss(block, seg, valid), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(g_dense, g_blocked):
+        assert np.abs(np.asarray(a - b)).max() < 1e-5
+
+
+def test_fits_ignores_padding_runs():
+    _, _, _, seg = _flat([7, 16, 3], pad=100)
+    assert bool(_fits(seg, 16)) and not bool(_fits(seg, 15))
+    # Two adjacent frames with different ids are separate runs.
+    assert bool(_fits(jnp.asarray([1, 1, 2, 2, 2, 0, 0, 0, 0], jnp.int32), 3))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    c = oracle.small_config()
+    hf = oracle.hf_model(c)
+    return c, hf, oracle.params_from(hf, c)
+
+
+@pytest.mark.parametrize("name", ["two_images", "image_and_video"])
+@pytest.mark.parametrize("block", [4, 16, 24])  # 4: frames are larger -> the dense fallback
+def test_model_with_blocked_vit_attention_matches_reference(reference, name, block):
+    c, hf, params = reference
+    rng = np.random.default_rng(7)
+    ids, (grid, px), (igrid, ipx), (vgrid, vpx) = build(rng, LAYOUTS[name], c)
+    ids = ids[None]
+    ref = oracle.hf_logits(hf, c, ids, None, ipx, igrid, vpx, vgrid)
+    cb = oracle.small_config(**{"vision.attention_block": block})
+    pos, _ = positions(cb, ids, None, igrid, vgrid)
+    # Padding patches and grid rows, as the training pipeline's static buffers have them.
+    px = np.concatenate([px, np.zeros((12, px.shape[1]), np.float32)])
+    grid = np.concatenate([grid, np.zeros((2, 3), grid.dtype)])
+    out = jax.jit(Qwen3VL(cb).apply)({"params": params}, jnp.asarray(ids), jnp.asarray(pos), None,
+                                     jnp.asarray(px), jnp.asarray(grid))
+    err = np.max(np.abs(np.asarray(out["logits"]) - ref))
+    assert err <= TOL, f"{name}, block {block}: max |logits - reference| = {err:.2e}"
+
+
+def test_window_attention_ablation_blocked_equals_dense():
+    kw = {"vision.attention": "window", "vision.window_size": 64, "vision.full_attention_layers": (2,)}
+    c0, cb = oracle.small_config(**kw), oracle.small_config(**kw, **{"vision.attention_block": 16})
+    ids, (grid, px), _, _ = build(np.random.default_rng(3), [("text", 2), ("image", (1, 8, 8)), ("text", 2)], c0)
+    ids = ids[None]
+    pos, _ = positions(c0, ids, None, grid, None)
+    params = jax.jit(lambda r: Qwen3VL(c0).init(r, ids, pos, None, px, grid))(jax.random.key(0))["params"]
+    outs = [Qwen3VL(c).apply({"params": params}, ids, pos, None, px, grid)["logits"] for c in (c0, cb)]
+    # 64 patches in one frame > block 16, but its 4x4-patch windows fit: window layers go blocked,
+    # the full-attention layer falls back to dense.
+    assert np.abs(np.asarray(outs[0] - outs[1])).max() < 1e-5

@@ -1,0 +1,7 @@
+"""Evaluation: task families and metrics, the batched harness, baselines, visualisations, the CLI.
+
+    python -m vlm_jax.eval --checkpoint=DIR --tasks=grounding,counting [--split=eval] [--num=100] [--out=DIR]
+
+Modules: `metrics` (reply -> score, never raises on model text), `tasks` (families, item loading),
+`harness` (`evaluate`, `EvalReport`, `trivial_baselines`), `visualize` (PNG boxes and points).
+"""
