@@ -21,6 +21,7 @@ SigLIP2-Large tower) with 4 decoder and 6 ViT layers. Progress goes to stderr; s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -121,7 +122,8 @@ def bench_config(name: str, args) -> dict:
     common.log(f"[{name}] step alone")
     step = bench_step(c, args.step_reps)
     common.log(f"[{name}] full loop, {args.steps} steps")
-    with tempfile.TemporaryDirectory() as workdir:
+    # The loop prints its log lines and summary; stdout is for the JSON result only.
+    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(sys.stderr):
         summary = train_and_evaluate(c, os.path.join(workdir, "run"))
     peak = summary["peak_flops_per_device"] * jax.device_count()
     loop_tps = summary["tokens_per_second"]

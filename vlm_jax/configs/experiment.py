@@ -45,7 +45,7 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     d.sources = mlc.ConfigDict({"synthetic": {"kind": "synthetic", "split": "train", "length": 10**7, "weight": 1.0,
                                               "world": {}}})
     d.pipeline = mlc.ConfigDict({"seq_len": 1024, "batch_size": 8, "max_patches": 2048, "max_grids": 64,
-                                 "loss_normalization": "token", "thinking": False,
+                                 "loss_normalization": "token", "thinking": "standard",
                                  "processor": {"min_pixels": 32 * 32, "max_pixels": 256 * 256}})
 
     e = c.eval = mlc.ConfigDict()

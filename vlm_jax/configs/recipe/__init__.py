@@ -69,18 +69,18 @@ _ALL_PARTS = ("vision", "merger", "llm")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("s0_align", "S0 vision-language alignment: merger only, ViT and LLM frozen, 8K", "",
-          8192, 512, 67e9, ("merger",), {"merger": 1e-3, "llm": 0.0, "vision": 0.0}, _CAPTION_OCR),
+          8192, 256, 67e9, ("merger",), {"merger": 1e-3, "llm": 0.0, "vision": 0.0}, _CAPTION_OCR),
     Stage("s1_multimodal", "S1 multimodal pre-training: everything trains, 8K", "s0_align",
-          8192, 512, 1e12, _ALL_PARTS, _PRETRAIN_LR, _ALL),
+          8192, 256, 1e12, _ALL_PARTS, _PRETRAIN_LR, _ALL),
     Stage("s2_long", "S2 long-context pre-training: 32K, more text, video and multi-image", "s1_multimodal",
-          32768, 1024, 1e12, _ALL_PARTS, {k: v / 2 for k, v in _PRETRAIN_LR.items()}, _LONG, tiny_video_frames=16),
+          32768, 512, 1e12, _ALL_PARTS, {k: v / 2 for k, v in _PRETRAIN_LR.items()}, _LONG, tiny_video_frames=16),
     Stage("s3_ultralong", "S3 ultra-long adaptation: 256K, long video and documents", "s2_long",
-          262144, 2048, 100e9, _ALL_PARTS, {k: v / 2 for k, v in _PRETRAIN_LR.items()}, _ULTRA,
+          262144, 1024, 100e9, _ALL_PARTS, {k: v / 2 for k, v in _PRETRAIN_LR.items()}, _ULTRA,
           tiny_video_frames=32),
     Stage("sft_32k", "SFT at 32K: assistant-only loss, thinking or non-thinking format", "s3_ultralong",
-          32768, 1024, 1.2e6 * 2500, _ALL_PARTS, _SFT_LR, _SFT, loss_normalization="token", sft=True),
+          32768, 512, 1.2e6 * 2500, _ALL_PARTS, _SFT_LR, _SFT, loss_normalization="token", sft=True),
     Stage("sft_256k", "SFT at 256K: one epoch of long data mixed with the 32K data", "sft_32k",
-          262144, 2048, 0.3e6 * 8000, _ALL_PARTS, _SFT_LR, {**_SFT, **_ULTRA}, loss_normalization="token",
+          262144, 1024, 0.3e6 * 8000, _ALL_PARTS, _SFT_LR, {**_SFT, **_ULTRA}, loss_normalization="token",
           sft=True, tiny_video_frames=32),
 )}
 ORDER = tuple(STAGES)
