@@ -129,12 +129,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit status (2 with a one-line message on bad inputs)."""
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
+    from vlm_jax.inference.loading import run_cli
+
+    return run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

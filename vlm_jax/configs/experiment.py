@@ -90,33 +90,28 @@ def _exact(c: mlc.ConfigDict, keys: tuple[str, ...], where: str) -> None:
 
 def model_config(c: mlc.ConfigDict) -> mlc.ConfigDict:
     """The validated, locked model config of the experiment."""
-    m = model_configs.base_config()
-    _check_known(c.model, m, "config.model")
-    m.update(_plain(c.model))
-    model_configs.validate(m)
-    m.lock()
-    return m
+    return _section(c.model, model_configs.base_config(), model_configs.validate, "config.model")
 
 
 def train_config(c: mlc.ConfigDict) -> mlc.ConfigDict:
     """The validated, locked train config of the experiment."""
-    t = train_base.base_config()
-    _check_known(c.train, t, "config.train")
-    t.update(_plain(c.train))
-    train_base.validate(t)
-    t.lock()
-    return t
+    return _section(c.train, train_base.base_config(), train_base.validate, "config.train")
+
+
+def _section(values: mlc.ConfigDict, base: mlc.ConfigDict, validate_fn, where: str) -> mlc.ConfigDict:
+    """`base` updated with `values` (every key must exist in `base`), validated and locked."""
+    _check_known(values, base, where)
+    base.update(_plain(values))
+    validate_fn(base)
+    base.lock()
+    return base
 
 
 def with_overrides(train: mlc.ConfigDict, overrides: Mapping[str, Any]) -> mlc.ConfigDict:
-    """A copy of a locked train config with dotted-key overrides."""
+    """A copy of a locked train config with dotted-key overrides (unknown keys fail)."""
     t = mlc.ConfigDict(train.to_dict())
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = t
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        train_base.set_dotted(t, key, value)
     train_base.validate(t)
     t.lock()
     return t

@@ -82,12 +82,13 @@ def get_config(**overrides: Any) -> mlc.ConfigDict:
     c = base_config()
     c.lock()
     for key, value in overrides.items():
-        _set(c, key, value)
+        set_dotted(c, key, value)
     validate(c)
     return c
 
 
-def _set(c: mlc.ConfigDict, dotted: str, value: Any) -> None:
+def set_dotted(c: mlc.ConfigDict, dotted: str, value: Any) -> None:
+    """`c[a][b][c] = value` for `dotted` = "a.b.c"; ValueError naming the key when it does not exist."""
     *parents, leaf = dotted.split(".")
     node = c
     for p in parents:

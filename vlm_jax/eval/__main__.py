@@ -51,23 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def json_flag(name: str, value: str | None) -> dict | None:
-    """A JSON-object flag's value (None when unset); ValueError naming the flag otherwise."""
-    if value is None:
-        return None
-    try:
-        obj = json.loads(value)
-    except ValueError as e:
-        raise ValueError(f"--{name} is not valid JSON: {e}") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"--{name} must be a JSON object, got {value!r}")
-    return obj
-
-
 def run(args: argparse.Namespace) -> int:
     from vlm_jax.data.synthetic import SyntheticWorld
     from vlm_jax.eval import harness
-    from vlm_jax.inference.loading import load_model, processor_config_for
+    from vlm_jax.inference.loading import load_model, parse_json_object, processor_config_for
     from vlm_jax.inference.sampling import get_preset
 
     # Cheap checks first, so a typo fails before the checkpoint is read.
@@ -79,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.jsonl is None:
         families = families or ["grounding", "counting"]
     try:
-        world = SyntheticWorld(json_flag("world", args.world) or {})
+        world = SyntheticWorld(parse_json_object(args.world, "--world") if args.world is not None else {})
     except KeyError as e:
         raise ValueError(f"--world: {e.args[0]}") from e
     processor = processor_config_for(args.checkpoint, args.processor)
@@ -111,12 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit status (2 with a one-line message on bad inputs)."""
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
+    from vlm_jax.inference.loading import run_cli
+
+    return run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

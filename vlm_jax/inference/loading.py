@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ml_collections as mlc
 
@@ -84,18 +86,33 @@ def load_processor_config(path: str | os.PathLike) -> proc.ProcessorConfig | Non
         raise ValueError(f"cannot read {f}: {e}") from e
 
 
+def parse_json_object(value: str, what: str) -> dict:
+    """A JSON object given on a command line; ValueError naming `what` when it is not one."""
+    try:
+        obj = json.loads(value)
+    except ValueError as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a JSON object, got {value!r}")
+    return obj
+
+
+def run_cli(parse_args: Callable[[list[str] | None], Any], run: Callable[[Any], int], argv: list[str] | None) -> int:
+    """A CLI's `main`: `run(parse_args(argv))`, or exit status 2 with a one-line message on bad inputs."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as e:
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
+        return 2
+
+
 def processor_config_for(path: str | os.PathLike, override: str | None = None) -> proc.ProcessorConfig | None:
     """The processor settings for a checkpoint: `override` (a JSON object of `ProcessorConfig` fields, as
     given on a command line), else its `processor_config.json`, else None (the defaults) with a warning
     on stderr: other image sizes than in training change the visual tokens the model sees."""
     if override is not None:
-        try:
-            fields = json.loads(override)
-        except ValueError as e:
-            raise ValueError(f"processor settings are not valid JSON: {e}") from e
-        if not isinstance(fields, dict):
-            raise ValueError(f"processor settings must be a JSON object, got {override!r}")
-        return as_processor_config(fields)
+        return as_processor_config(parse_json_object(override, "processor settings"))
     found = load_processor_config(path)
     if found is None:
         print(f"warning: no {PROCESSOR_CONFIG_FILE} in the checkpoint and no processor settings given: using the "

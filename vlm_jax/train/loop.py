@@ -69,18 +69,18 @@ class _Window:
 def load_init_params(path: str, model_config: mlc.ConfigDict) -> Any:
     """Params of a previous stage: a params dir (`model_config.json` + `params/`) or a workdir with `final/`."""
     from vlm_jax.convert.__main__ import load_config, load_params
+    from vlm_jax.inference.loading import resolve_params_dir
 
-    for d in (path, os.path.join(path, "final")):
-        if os.path.exists(os.path.join(d, "model_config.json")):
-            saved = load_config(d)
-            bad = checkpoint_lib.shape_mismatches(
-                jax.tree.map(lambda x: x, _param_shapes(saved)), _param_shapes(model_config))
-            if bad:
-                raise checkpoint_lib.IncompatibleCheckpointError(
-                    f"init_from={path!r} does not fit the model config ({len(bad)} mismatch(es)):\n  "
-                    + "\n  ".join(bad))
-            return load_params(d, saved)[1]
-    raise FileNotFoundError(f"init_from={path!r}: no model_config.json in it or in its final/ subdirectory")
+    try:
+        d = resolve_params_dir(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"init_from={path!r}: {e}") from e
+    saved = load_config(d)
+    bad = checkpoint_lib.shape_mismatches(_param_shapes(saved), _param_shapes(model_config))
+    if bad:
+        raise checkpoint_lib.IncompatibleCheckpointError(
+            f"init_from={path!r} does not fit the model config ({len(bad)} mismatch(es)):\n  " + "\n  ".join(bad))
+    return load_params(d, saved)[1]
 
 
 def _param_shapes(model_config: mlc.ConfigDict) -> Any:
