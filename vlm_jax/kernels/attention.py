@@ -71,14 +71,19 @@ def dot_product_attention(
         mask = attention_mask(q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions,
                               kv_positions=kv_positions, t=t, s=s)
     if impl == "xla":
-        return _xla_attention(q, k, v, mask)
+        if causal and q_positions is None and kv_positions is None and t == s and t >= 2 * CAUSAL_CHUNK:
+            return _causal_chunked_attention(q, k, v, mask, CAUSAL_CHUNK)
+        return _fused_attention(q, k, v, mask)
     if impl == "cudnn":
         return jax.nn.dot_product_attention(
             q, k, v, mask=None if mask is None else mask[:, None], implementation="cudnn")
     raise ValueError(f"unknown attention impl {impl!r}; choose from {IMPLS}")
 
 
-def _xla_attention(q, k, v, mask):
+def reference_attention(q, k, v, mask):
+    """The plain-jnp oracle: masked logits, float32 softmax, weighted values; autodiff backward.
+
+    Kept as the reference the fused implementation is tested against (values and gradients)."""
     b, t, h, d = q.shape
     kh = k.shape[2]
     g = h // kh
@@ -87,10 +92,91 @@ def _xla_attention(q, k, v, mask):
     logits = logits * (d ** -0.5)
     if mask is not None:
         # A large finite negative keeps fully masked rows (padding queries) finite.
-        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+        logits = jnp.where(mask[:, None, None], logits, _MASKED)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+# Masked logits take this value: finite, so a fully masked row (a padding query) averages the
+# values uniformly instead of producing NaN, exactly as the reference does.
+_MASKED = float(jnp.finfo(jnp.float32).min)
+
+
+def _heads_major(q, k, v):
+    """[B, T, H, D] q and [B, S, K, D] k/v -> [B, K, G, T, D], [B, K, S, D], [B, K, S, D]: the
+    layout in which every attention matmul has its batch axes leading and contracts the last axis."""
+    b, t, h, d = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, t, kh, h // kh, d).transpose(0, 2, 3, 1, 4)
+    return qg, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def _masked_logits(qg, kt, mask):
+    s = jnp.einsum("bkgtd,bksd->bkgts", qg, kt, preferred_element_type=jnp.float32) * (qg.shape[-1] ** -0.5)
+    return s if mask is None else jnp.where(mask[:, None, None], s, _MASKED)
+
+
+@jax.custom_vjp
+def _fused_attention(q, k, v, mask):
+    return _fused_attention_fwd(q, k, v, mask)[0]
+
+
+def _fused_attention_fwd(q, k, v, mask):
+    # Flash-attention arithmetic on whole rows: the [T, S] probabilities are never normalised in
+    # place (the output is divided instead) and are not kept for the backward pass, which
+    # recomputes them from q, k and each row's max and sum. On CPU this removes most passes over
+    # [T, S] buffers, the scan's stacked per-layer probabilities and the softmax-backward
+    # reductions over S; the result equals `reference_attention` to float rounding.
+    b, t, h, d = q.shape
+    qg, kt, vt = _heads_major(q, k, v)
+    s = _masked_logits(qg, kt, mask)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - m)
+    row_sum = jnp.sum(e, axis=-1, keepdims=True)
+    o = jnp.einsum("bkgts,bksd->bkgtd", e.astype(v.dtype), vt, preferred_element_type=jnp.float32) / row_sum
+    out = o.astype(q.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    # m and 1/sum rather than the logsumexp: m + log(sum) rounds back to m on fully masked rows.
+    return out, (q, k, v, mask, out, m, 1.0 / row_sum)
+
+
+def _fused_attention_bwd(res, dout):
+    q, k, v, mask, out, m, inv_l = res
+    b, t, h, d = q.shape
+    qg, kt, vt = _heads_major(q, k, v)
+    dog, og = _heads_major(dout, k, v)[0], _heads_major(out, k, v)[0]
+    p = jnp.exp(_masked_logits(qg, kt, mask) - m) * inv_l
+    delta = jnp.sum(dog.astype(jnp.float32) * og.astype(jnp.float32), axis=-1, keepdims=True)
+    dv = jnp.einsum("bkgts,bkgtd->bksd", p.astype(v.dtype), dog, preferred_element_type=jnp.float32)
+    dp = jnp.einsum("bkgtd,bksd->bkgts", dog, vt, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta) * (d ** -0.5)
+    if mask is not None:
+        ds = jnp.where(mask[:, None, None], ds, 0.0)  # masked logits are constants
+    ds = ds.astype(q.dtype)
+    dq = jnp.einsum("bkgts,bksd->bkgtd", ds, kt, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("bkgts,bkgtd->bksd", ds, qg, preferred_element_type=jnp.float32)
+    dq = dq.astype(q.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    return dq, dk.astype(k.dtype).transpose(0, 2, 1, 3), dv.astype(v.dtype).transpose(0, 2, 1, 3), None
+
+
+_fused_attention.defvjp(_fused_attention_fwd, _fused_attention_bwd)
+
+
+# Query rows per chunk of causal self-attention: chunk i attends only to the keys up to its own
+# end, so the all-masked upper blocks of the [T, T] logits are never computed (about half of
+# them for long rows). Smaller chunks skip more but run more, smaller ops.
+CAUSAL_CHUNK = 128
+
+
+def _causal_chunked_attention(q, k, v, mask, chunk):
+    """Causal self-attention (queries and keys at the same positions) one query chunk at a time."""
+    t = q.shape[1]
+    outs = []
+    for start in range(0, t, chunk):
+        end = min(start + chunk, t)
+        m = None if mask is None else mask[:, start:end, :end]
+        outs.append(_fused_attention(q[:, start:end], k[:, :end], v[:, :end], m))
+    return jnp.concatenate(outs, axis=1)
 
 
 def segment_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.ndarray, *,
