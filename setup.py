@@ -10,6 +10,7 @@ setup(
     packages=find_packages(include=["vlm_jax", "vlm_jax.*"]),
     package_data={"vlm_jax": ["assets/*"]},
     install_requires=[
+        "absl-py>=1.0",  # command-line flags of every `python -m vlm_jax.<verb>`
         "jax>=0.6",
         "flax>=0.10",
         "optax>=0.2.4",
@@ -26,6 +27,7 @@ setup(
         "numpy>=1.26",
         "tensorboardX>=2.6",
         "tqdm>=4.60",
+        "matplotlib>=3.8",  # curves.png of every run
     ],
     extras_require={
         # The numerical oracle: Hugging Face transformers on a CPU build of torch.

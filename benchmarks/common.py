@@ -2,17 +2,23 @@
 
 Timings on a shared CPU are noisy, so `interleaved` alternates the contenders repetition by
 repetition (ABBA order, so neither side always runs right after the other) and the benchmarks
-report medians and ratios of medians.
+report medians and ratios of medians. Every benchmark's JSON carries a "host" block
+(`host_start` first thing, `host_report(start)` at the end): the load average at start and end,
+so a busy machine shows, and the thread settings of both runtimes (`runtime_settings`).
+`print_json` writes non-finite numbers as null (a rate over a zero time is not a measurement).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,15 +70,79 @@ def log(*args) -> None:
 
 
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable))
+    """`obj` as indented strict JSON on stdout: numpy values as Python ones, NaN / inf as null."""
+    print(json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False))
 
 
-def _jsonable(x):
-    if isinstance(x, np.generic):
-        return x.item()
+def _finite(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
     if isinstance(x, np.ndarray):
-        return x.tolist()
+        return _finite(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if x is None or isinstance(x, str | int | float | bool):
+        return x
     raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def rate(numerator: float, denominator: float, digits: int = 2) -> float | None:
+    """numerator / denominator rounded, or None when the denominator is not a positive finite time
+    (e.g. a CPU-time difference of 0 at the clock's resolution): never an infinite rate."""
+    if numerator is None or denominator is None or not math.isfinite(denominator) or denominator <= 0:
+        return None
+    return round(numerator / denominator, digits)
+
+
+# Environment variables that set the thread pools of XLA, PyTorch and the BLAS libraries below them.
+THREAD_ENV = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "JAX_PLATFORMS")
+
+
+def _xla_flag(flags: str, name: str) -> str | None:
+    m = re.search(rf"--{name}=(\S+)", flags)
+    return m.group(1) if m else None
+
+
+def runtime_settings() -> dict[str, Any]:
+    """Thread settings of JAX / XLA and PyTorch as this process runs them: the environment variables,
+    `--xla_cpu_multi_thread_eigen` (XLA's default is true), JAX's devices, and torch's intra- and
+    inter-op thread counts. A runtime the benchmark did not import is reported as not imported."""
+    env = {k: os.environ.get(k) for k in THREAD_ENV}
+    out: dict[str, Any] = {"env": env}
+    eigen = _xla_flag(env["XLA_FLAGS"] or "", "xla_cpu_multi_thread_eigen")
+    if "jax" in sys.modules:
+        import jax
+
+        out["jax"] = {"version": jax.__version__, "backend": jax.default_backend(),
+                      "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
+                      "xla_cpu_multi_thread_eigen": eigen if eigen is not None else "unset (default true)"}
+    else:
+        out["jax"] = {"imported": False}
+    if "torch" in sys.modules:
+        import torch
+
+        out["torch"] = {"version": torch.__version__, "num_threads": torch.get_num_threads(),
+                        "num_interop_threads": torch.get_num_interop_threads()}
+    else:
+        out["torch"] = {"imported": False}
+    return out
+
+
+def host_start() -> dict[str, Any]:
+    """The host's state when a benchmark starts (pass it to `host_report`)."""
+    return {"load_avg": [round(x, 2) for x in os.getloadavg()], "time": time.time()}
+
+
+def host_report(start: dict[str, Any]) -> dict[str, Any]:
+    """The "host" block of a benchmark's JSON: cores, load average (1, 5, 15 min) at start and at
+    end, wall seconds in between, and the runtimes' thread settings."""
+    return {"cores": num_cores(), "load_avg_start": start["load_avg"],
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+            "seconds": round(time.time() - start["time"], 1), "threads": runtime_settings()}
 
 
 def vlm_batch(config, batch: int, seq: int, images: int, image_size: int, seed: int = 0) -> dict:

@@ -1,14 +1,21 @@
-"""Generation speed: vlm_jax `generate` vs Hugging Face `model.generate`, on CPU.
+"""Generation speed: vlm_jax `generate` vs Hugging Face `model.generate`, on CPU, for image
+prompts (the headline: what a VLM serves) and text-only prompts.
 
-Same weights (ours converted from a randomly initialised HF model), same prompts, greedy
-decoding of exactly `--new_tokens` tokens (no stop token), float32. For each side:
-  prefill_s:  median time of a generate call with max_new_tokens=1 (prompt in, one token out);
-  decode_tok_s: batch * (N - 1) / (median time(N tokens) - median time(1 token)).
-Both are reported for wall time and for process CPU time ("cpu": steadier on a shared machine).
-Ours is timed on both decode paths: the all-in-jit `while_loop` ("ours") and the jitted step
-driven by a host loop ("ours_host_loop", what streaming uses). Compilation is excluded (warm-up
-calls). Repetitions alternate between the contenders (benchmarks/common.py). The fraction of
-greedy tokens on which both sides agree is reported as a guard against timing different work.
+What each side runs (same weights: ours converted from a randomly initialised HF model; same
+prompts; greedy decoding of exactly `--new_tokens` tokens, no stop token; float32):
+  ours:           `vlm_jax.inference.generate`: XLA, jitted prefill (vision tower included) into a
+                  preallocated KV cache, then every decode step inside one jitted `while_loop`;
+  ours_host_loop: the same jitted prefill, then one jitted decode step per token driven by a Python
+                  loop (the streaming path);
+  ref:            transformers' `Qwen3VLForConditionalGeneration.generate`, eager PyTorch (no
+                  torch.compile), `--attn` attention (sdpa by default), dynamic KV cache.
+For each side: prefill_s, the median time of a generate call with max_new_tokens=1 (prompt in, one
+token out); decode_tok_s = batch * (N - 1) / (median time(N tokens) - median time(1 token)); both for
+wall time and for process CPU time ("cpu": steadier on a shared machine). A rate over a time
+difference that is not positive is null, not infinite. Compilation is excluded (warm-up calls);
+repetitions alternate between the contenders (benchmarks/common.py). The fraction of greedy tokens on
+which both sides agree guards against timing different work. "headline": image prompts at batch 1
+and 8, ours vs ref.
 
     python benchmarks/generate.py --configs tiny,100m --batches 1,8 --prompt_len 64 --new_tokens 32
 
@@ -34,6 +41,8 @@ from vlm_jax.convert import hf as convert  # noqa: E402
 from vlm_jax.inference.generate import generate  # noqa: E402
 
 DEFAULT_REPS = {"tiny": 5, "tiny-moe": 5, "100m": 3}
+HEADLINE_BATCHES = (1, 8)
+SIDES = ("ref", "ours", "ours_host_loop")
 
 
 def hf_model(c, seed: int, attn: str):
@@ -50,10 +59,10 @@ def hf_model(c, seed: int, attn: str):
     return model.eval()
 
 
-def bench_one(c, hf, params, batch: int, args) -> dict:
-    data = common.vlm_batch(c, batch, args.prompt_len, args.images * batch, args.image_size, seed=batch)
+def bench_one(c, hf, params, batch: int, images_per_row: int, args) -> dict:
+    data = common.vlm_batch(c, batch, args.prompt_len, images_per_row * batch, args.image_size, seed=batch)
     ids = data["input_ids"]
-    has_vis = args.images > 0
+    has_vis = images_per_row > 0
     px, grid = (data["pixel_values"], data["grid_thw"]) if has_vis else (None, None)
     hf_kw = dict(input_ids=torch.as_tensor(ids, dtype=torch.long),
                  attention_mask=torch.ones(ids.shape, dtype=torch.long))
@@ -79,23 +88,35 @@ def bench_one(c, hf, params, batch: int, args) -> dict:
     }
     agree = float(np.mean(hf_run(n) == ours_run(n, True)))
     times = common.interleaved(fns, reps=args.reps or DEFAULT_REPS.get(args.config, 3), warmup=1)
-    out = {"batch": batch, "prompt_len": args.prompt_len, "new_tokens": n, "greedy_token_agreement": agree}
+    out = {"prompt": "image" if has_vis else "text", "batch": batch, "prompt_len": args.prompt_len,
+           "images_per_row": images_per_row, "patches_per_row": int(data["pixel_values"].shape[0]) // batch,
+           "new_tokens": n, "greedy_token_agreement": agree}
     # Wall time, and process CPU time (steadier on a shared machine: it does not grow while other
     # processes hold the cores).
     for clock in ("wall", "cpu"):
-        med = {k: common.median(v[clock] if isinstance(v, dict) else v) for k, v in times.items()}
+        med = {k: common.median(v[clock]) for k, v in times.items()}
         res = {}
-        for side in ("ref", "ours", "ours_host_loop"):
-            decode = med[f"{side}_n"] - med[f"{side}_1"]
+        for side in SIDES:
             res[side] = {"prefill_s": round(med[f"{side}_1"], 5),
-                         "decode_tok_s": round(batch * (n - 1) / decode, 1) if decode > 0 else float("inf")}
-        for side in ("ours", "ours_host_loop"):
+                         "decode_tok_s": common.rate(batch * (n - 1), med[f"{side}_n"] - med[f"{side}_1"], 1)}
+        for side in SIDES[1:]:
             res[f"{side}_vs_ref"] = {
-                "prefill_speedup": round(res["ref"]["prefill_s"] / res[side]["prefill_s"], 2),
-                "decode_speedup": round(res[side]["decode_tok_s"] / res["ref"]["decode_tok_s"], 2)}
+                "prefill_speedup": common.rate(res["ref"]["prefill_s"], res[side]["prefill_s"]),
+                "decode_speedup": common.rate(res[side]["decode_tok_s"], res["ref"]["decode_tok_s"])}
         out[clock] = res
-        if not isinstance(next(iter(times.values())), dict):
-            break
+    return out
+
+
+def headline(runs: list[dict]) -> list[dict]:
+    """Ours vs ref on image prompts at batch 1 and 8 (wall and CPU clocks), one entry per config and batch."""
+    out = []
+    for r in runs:
+        if r["prompt"] == "image" and r["batch"] in HEADLINE_BATCHES:
+            out.append({"config": r["config"], "batch": r["batch"], **{
+                clock: {"ours_prefill_s": r[clock]["ours"]["prefill_s"], "ref_prefill_s": r[clock]["ref"]["prefill_s"],
+                        "ours_decode_tok_s": r[clock]["ours"]["decode_tok_s"],
+                        "ref_decode_tok_s": r[clock]["ref"]["decode_tok_s"], **r[clock]["ours_vs_ref"]}
+                for clock in ("wall", "cpu")}})
     return out
 
 
@@ -105,16 +126,27 @@ def main() -> None:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--prompt_len", type=int, default=64)
     p.add_argument("--new_tokens", type=int, default=32)
-    p.add_argument("--images", type=int, default=0, help="images per prompt row")
+    p.add_argument("--prompts", default="image,text", help="prompt kinds to run: image and / or text")
+    p.add_argument("--images", type=int, default=1, help="images per row of the image prompts")
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--reps", type=int, default=0, help="timed repetitions (0: per-config default)")
     p.add_argument("--attn", default="sdpa", help="HF attention implementation (sdpa | eager)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    kinds = [k for k in args.prompts.split(",") if k]
+    if not kinds or set(kinds) - {"image", "text"}:
+        p.error(f"--prompts must list image and / or text, got {args.prompts!r}")
+    if "image" in kinds and args.images < 1:
+        p.error("--images must be >= 1 for image prompts")
 
+    start = common.host_start()
     jax.config.update("jax_default_matmul_precision", "highest")
-    result = {"device": jax.devices()[0].device_kind, "cores": common.num_cores(),
-              "torch_threads": torch.get_num_threads(), "hf_attn": args.attn, "runs": []}
+    result = {"benchmark": "generate", "device": jax.devices()[0].device_kind, "hf_attn": args.attn,
+              "sides": {"ours": "vlm_jax generate: XLA, jitted prefill + jitted while_loop decode",
+                        "ours_host_loop": "vlm_jax generate: XLA, jitted prefill + jitted step per token, "
+                                          "Python loop",
+                        "ref": f"transformers Qwen3-VL generate: eager PyTorch, {args.attn} attention"},
+              "settings": dict(vars(args)), "headline": [], "runs": []}
     for name in args.configs.split(","):
         args.config = name
         c = model_configs.get_config(name)
@@ -123,11 +155,14 @@ def main() -> None:
         tensors = ((k, v.detach().numpy()) for k, v in hf.state_dict().items())
         params = convert.params_from_hf_tensors(tensors, c)
         n_params = sum(x.numel() for x in hf.parameters())
-        for b in (int(x) for x in args.batches.split(",")):
-            common.log(f"[{name}] batch {b}")
-            r = bench_one(c, hf, params, b, args)
-            result["runs"].append({"config": name, "params_m": round(n_params / 1e6, 1), **r})
-            common.log(r)
+        for kind in kinds:
+            for b in (int(x) for x in args.batches.split(",")):
+                common.log(f"[{name}] {kind} prompts, batch {b}")
+                r = bench_one(c, hf, params, b, args.images if kind == "image" else 0, args)
+                result["runs"].append({"config": name, "params_m": round(n_params / 1e6, 1), **r})
+                common.log(r)
+    result["headline"] = headline(result["runs"])
+    result["host"] = common.host_report(start)
     common.print_json(result)
 
 

@@ -4,13 +4,13 @@
 
 Prints one JSON object: per worker count, samples/s and tokens/s (real, non-padding tokens) of
 source -> decode -> tokenise -> pack -> batch, measured after a warm-up (worker start-up excluded),
-plus packing efficiency (real tokens / token slots) and vision-buffer utilisation.
+plus packing efficiency (real tokens / token slots) and vision-buffer utilisation, and the host block
+(`benchmarks.common.host_report`: load average at start and end, thread settings).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import log, num_cores, print_json  # noqa: E402
-from vlm_jax.data.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from benchmarks.common import host_report, host_start, log, print_json  # noqa: E402
+from vlm_jax.data.pipeline import Pipeline, get_config  # noqa: E402
 from vlm_jax.data.synthetic import TOKENIZER_PATH, SyntheticSource, SyntheticWorld  # noqa: E402
 
 
 def run(workers: int, args: argparse.Namespace) -> dict:
-    cfg = PipelineConfig(
+    cfg = get_config(
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         max_patches=args.max_patches,
@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--read-threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    start = host_start()
     results = [run(int(w), args) for w in args.workers.split(",")]
     print_json(
         {
@@ -99,8 +100,7 @@ def main() -> None:
                 "warmup": args.warmup,
             },
             "host": {
-                "cores": num_cores(),
-                "load_avg_1m": os.getloadavg()[0],
+                **host_report(start),
                 "python": platform.python_version(),
             },
             "results": results,

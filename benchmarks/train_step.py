@@ -8,7 +8,8 @@ One step is forward + backward + AdamW update on the same batch with the same we
 The loss is next-token cross-entropy over every position (as HF computes it from `labels`).
 Our weights are converted from the HF model, and the two step-0 losses must agree to 1e-4
 (a guard against timing two different computations). Repetitions alternate between the two
-sides; medians and tokens/s (batch * seq / median step time) are reported.
+sides (`--alone`: each side in its own loop); medians and tokens/s (batch * seq / median step
+time) are reported.
 
     python benchmarks/train_step.py --configs tiny,100m --batch 4 --seq 512 --images 4 --image_size 224
 
@@ -136,7 +137,11 @@ def bench_config(name: str, args) -> dict:
     steps = args.steps or DEFAULT_STEPS.get(name, 2)
     warmup = DEFAULT_WARMUP.get(name, 0) if args.warmup < 0 else args.warmup
     common.log(f"[{name}] timing {steps} interleaved steps per side (+{warmup} warm-up)")
-    times = common.interleaved({"ours": ours, "ref": reference}, reps=steps, warmup=warmup)
+    sides = {"ours": ours, "ref": reference}
+    if args.alone:  # each side in its own loop: no alternation between the two runtimes' thread pools
+        times = {k: common.interleaved({k: fn}, reps=steps, warmup=warmup)[k] for k, fn in sides.items()}
+    else:
+        times = common.interleaved(sides, reps=steps, warmup=warmup)
     tokens = args.batch * args.seq
     wall = {k: times[k]["wall"] for k in times}
     ours_med, ref_med = common.median(wall["ours"]), common.median(wall["ref"])
@@ -188,16 +193,19 @@ def main(argv=None) -> None:
     p.add_argument("--ref_attn", default="sdpa", choices=("sdpa", "eager"),
                    help="HF attention implementation (sdpa is transformers' default)")
     p.add_argument("--moe_impl", default="ragged", choices=("ragged", "dense"), help="ours, for tiny-moe")
+    p.add_argument("--alone", action="store_true",
+                   help="time each side in its own loop (default: repetitions alternate between the sides)")
     args = p.parse_args(argv)
 
+    start = common.host_start()
     cores = common.num_cores()
     torch.set_num_threads(cores)
-    setup = dict(batch=args.batch, seq=args.seq, images=args.images, image_size=args.image_size,
+    setup = dict(batch=args.batch, seq=args.seq, images=args.images, image_size=args.image_size, alone=args.alone,
                  ref_attn=args.ref_attn, cores=cores, torch_threads=torch.get_num_threads(),
                  jax=jax.__version__, torch=torch.__version__, transformers=transformers.__version__,
                  backend=jax.default_backend(), xla_flags=os.environ.get("XLA_FLAGS", ""))
     results = {name: bench_config(name, args) for name in args.configs.split(",") if name}
-    common.print_json({"setup": setup, "configs": results})
+    common.print_json({"setup": setup, "configs": results, "host": common.host_report(start)})
 
 
 if __name__ == "__main__":

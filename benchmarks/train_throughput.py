@@ -8,7 +8,8 @@ synthetic world, next to the two things it is made of, measured in the same run:
   pipeline:  the data pipeline alone (render, process, tokenise, pack), batches per second.
 
 `loop_over_step` near 1 means the host keeps the device fed. Real (non-padding) tokens count.
-MFU uses `vlm_jax.train.metrics` (6 FLOPs per param per token + attention; frozen parts less);
+MFU uses `vlm_jax.train.metrics` (6 FLOPs per param per token + attention over the pairs the
+masks allow: within each packed sequence, causal; within each frame for the ViT);
 on CPU the peak is a measured float32 matmul, so CPU MFU is relative to what XLA can reach.
 
     python benchmarks/train_throughput.py --configs tiny,100m --steps 20
@@ -109,7 +110,8 @@ def bench_step(c: mlc.ConfigDict, reps: int) -> dict:
     patches = float(np.prod(grid, axis=-1).sum())
     emc = effective_model_config(mc, tc)
     flops = metrics_lib.step_flops(emc, metrics_lib.model_flop_counts(emc), tokens=tokens, patches=patches,
-                                   seq_len=c.data.pipeline.seq_len, frame_patches=patches / max(grid[:, 0].sum(), 1),
+                                   text_pairs=metrics_lib.text_attention_pairs(batch["segment_ids"]),
+                                   vision_pairs=metrics_lib.vision_attention_pairs(grid, emc.vision),
                                    trainable={"llm": True, "merger": True, "vision": True})
     t = common.median(times)
     return {"step_seconds": t, "tokens_per_second": tokens / t, "flops_per_step": flops}
@@ -153,10 +155,11 @@ def main(argv=None) -> None:
     ap.add_argument("--step_reps", type=int, default=5)
     ap.add_argument("--pipeline_batches", type=int, default=20)
     args = ap.parse_args(argv)
+    start = common.host_start()
     results = [bench_config(name, args) for name in args.configs.split(",") if name]
     common.print_json({"benchmark": "train_throughput", "device": str(jax.devices()[0].device_kind),
                        "num_devices": jax.device_count(), "cpu_cores": common.num_cores(),
-                       "settings": vars(args), "results": results})
+                       "settings": vars(args), "results": results, "host": common.host_report(start)})
 
 
 if __name__ == "__main__":

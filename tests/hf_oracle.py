@@ -1,5 +1,9 @@
 """The numerical oracle: tiny random Hugging Face Qwen3-VL models built locally (no download),
-with weights perturbed away from their initial values so every parameter matters."""
+with weights perturbed away from their initial values so every parameter matters.
+
+Importing this module skips the importing test when torch or transformers is missing: tests that
+compare against the reference take the `oracle` fixture (conftest.py); everything else uses
+`tests/helpers.py`."""
 
 from __future__ import annotations
 
@@ -9,29 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vlm_jax.configs import model as model_configs  # noqa: E402
 from vlm_jax.convert import hf as convert  # noqa: E402
 from vlm_jax.model import rope  # noqa: E402
-
-
-def small_config(moe: bool = False, **overrides):
-    """A tiny config with HF's default special-token ids (so the HF oracle needs no remapping)."""
-    c = model_configs.base_config()
-    c.vision.update(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=16,
-                    deepstack_layers=(0, 1))
-    c.text.update(vocab_size=512, hidden_size=64, intermediate_size=96, num_layers=3,
-                  num_heads=4, num_kv_heads=2, head_dim=16, mrope_section=(2, 3, 3), tie_word_embeddings=False)
-    c.update(image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503)
-    if moe:
-        c.text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, moe_impl="dense")
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    model_configs.validate(c)
-    return c
 
 
 def hf_model(c, seed: int = 0):

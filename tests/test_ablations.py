@@ -7,13 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import hf_oracle as oracle
-from tests.test_parity import LAYOUTS, build, positions
+from tests.helpers import LAYOUTS, TOL, build, positions, small_config
 from vlm_jax.model import rope
 from vlm_jax.model.vlm import Qwen3VL, init_params, llm_grid_thw
-
-torch = oracle.torch
-transformers = oracle.transformers
 
 
 def _logits(c, params, ids, grid, px):
@@ -24,9 +20,9 @@ def _logits(c, params, ids, grid, px):
 
 
 @pytest.mark.parity
-def test_no_deepstack_matches_reference_without_deepstack():
+def test_no_deepstack_matches_reference_without_deepstack(oracle):
     """deepstack=False equals the reference built with no DeepStack taps, and differs from DeepStack on."""
-    c_off = oracle.small_config(deepstack=False)
+    c_off = small_config(deepstack=False)
     hf = oracle.hf_model(c_off, seed=1)
     params = oracle.params_from(hf, c_off)
     rng = np.random.default_rng(0)
@@ -34,18 +30,20 @@ def test_no_deepstack_matches_reference_without_deepstack():
     ids = ids[None]
     ref = oracle.hf_logits(hf, c_off, ids, None, ipx, igrid)
     ours = _logits(c_off, params, ids, grid, px)
-    assert np.max(np.abs(ours - ref)) <= 1e-4
+    assert np.max(np.abs(ours - ref)) <= TOL
 
-    c_on = oracle.small_config()
+    c_on = small_config()
     p_on = dict(init_params(c_on, jax.random.key(0)), **params)  # same weights, plus DeepStack mergers
     assert np.max(np.abs(_logits(c_on, p_on, ids, grid, px) - ours)) > 1e-3
 
 
-def test_chunked_mrope_matches_qwen2_vl_layout():
+@pytest.mark.parity
+def test_chunked_mrope_matches_qwen2_vl_layout(oracle):
     """The chunked layout is Qwen2-VL's: sections of the spectrum per axis (reference function)."""
     from transformers.models.qwen2_vl import modeling_qwen2_vl as q2
 
-    c = oracle.small_config(**{"text.mrope_layout": "chunked"})
+    torch, transformers = oracle.torch, oracle.transformers
+    c = small_config(**{"text.mrope_layout": "chunked"})
     rng = np.random.default_rng(1)
     pos = rng.integers(0, 50, size=(3, 2, 7))
     cos, sin = rope.mrope_cos_sin(jnp.asarray(pos), c.text.head_dim, c.text.rope_theta, c.text.mrope_section,
@@ -63,8 +61,8 @@ def test_chunked_mrope_matches_qwen2_vl_layout():
 
 
 def test_mrope_layout_changes_logits():
-    c_i = oracle.small_config()
-    c_c = oracle.small_config(**{"text.mrope_layout": "chunked"})
+    c_i = small_config()
+    c_c = small_config(**{"text.mrope_layout": "chunked"})
     params = init_params(c_i, jax.random.key(1))
     rng = np.random.default_rng(2)
     ids, (grid, px), _, _ = build(rng, LAYOUTS["one_image"], c_i)
@@ -82,8 +80,8 @@ def test_window_attention_confines_each_window():
     """With windowed attention in every layer, changing the pixels of one 64x64-pixel window
     changes only that window's merged tokens; with full attention it changes them all."""
     kw = {"vision.attention": "window", "vision.window_size": 64, "vision.full_attention_layers": ()}
-    c_win = oracle.small_config(deepstack=False, **{"vision.deepstack_layers": ()}, **kw)
-    c_full = oracle.small_config(deepstack=False, **{"vision.deepstack_layers": ()})
+    c_win = small_config(deepstack=False, **{"vision.deepstack_layers": ()}, **kw)
+    c_full = small_config(deepstack=False, **{"vision.deepstack_layers": ()})
     params = init_params(c_full, jax.random.key(2))
     grid = np.asarray([[1, 8, 8]])  # 128x128 pixels: 2x2 windows of 4x4 patches
     rng = np.random.default_rng(3)
@@ -105,7 +103,7 @@ def test_window_attention_confines_each_window():
 
 def test_window_attention_with_full_layers_mixes_windows():
     kw = {"vision.attention": "window", "vision.window_size": 64, "vision.full_attention_layers": (1,)}
-    c = oracle.small_config(deepstack=False, **{"vision.deepstack_layers": ()}, **kw)
+    c = small_config(deepstack=False, **{"vision.deepstack_layers": ()}, **kw)
     params = init_params(c, jax.random.key(2))
     grid = np.asarray([[1, 8, 8]])
     px = np.random.default_rng(3).normal(size=(64, 1536)).astype(np.float32)
@@ -116,7 +114,7 @@ def test_window_attention_with_full_layers_mixes_windows():
 
 
 def test_resampler_makes_fixed_token_count_per_image():
-    c = oracle.small_config(merger="resampler", resampler_num_queries=4, deepstack=False,
+    c = small_config(merger="resampler", resampler_num_queries=4, deepstack=False,
                             **{"vision.deepstack_layers": ()})
     params = init_params(c, jax.random.key(3))
     rng = np.random.default_rng(4)
@@ -137,7 +135,7 @@ def test_resampler_makes_fixed_token_count_per_image():
 
 
 def test_mismatched_placeholders_raise():
-    c = oracle.small_config()
+    c = small_config()
     params = init_params(c, jax.random.key(0))
     rng = np.random.default_rng(0)
     ids, (grid, px), _, _ = build(rng, LAYOUTS["one_image"], c)
@@ -153,7 +151,7 @@ def test_mismatched_placeholders_raise():
 
 
 def test_position_ids_reject_grid_mismatch():
-    c = oracle.small_config()
+    c = small_config()
     rng = np.random.default_rng(0)
     ids, _, (igrid, _), _ = build(rng, LAYOUTS["one_image"], c)
     with pytest.raises(ValueError, match="merged tokens"):

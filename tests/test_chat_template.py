@@ -341,7 +341,7 @@ def test_end_to_end_equals_hf_qwen3vl_processor(tok, tok_path):
     ref = proc(text=[text], images=images, videos=[video], return_tensors="np",
                videos_kwargs={"video_metadata": [VideoMetadata(total_num_frames=20, fps=fps)]})
 
-    cfg = P.ProcessorConfig(image_resample="torch")
+    cfg = P.get_config(image_resample="torch")
     ims = [P.process_image(im, cfg) for im in images]
     vid = P.process_video(video, fps, cfg)
     np.testing.assert_array_equal(np.concatenate([i["pixel_values"] for i in ims]), ref["pixel_values"])

@@ -11,14 +11,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tests import hf_oracle as oracle
-from tests.test_parity import LAYOUTS, build, positions
+from tests.helpers import LAYOUTS, TOL, build, positions, small_config
 from vlm_jax.convert import hf
 from vlm_jax.convert.__main__ import main as convert_main
 from vlm_jax.model.vlm import Qwen3VL, init_params
-
-torch = oracle.torch
-transformers = oracle.transformers
 
 
 def _ours(c, params, ids, grid, px, igrid, vgrid):
@@ -30,8 +26,9 @@ def _ours(c, params, ids, grid, px, igrid, vgrid):
 @pytest.mark.parity
 @pytest.mark.parametrize("moe_layout", [None, "released", "transformers"], ids=["dense", "moe-released",
                                                                                "moe-transformers"])
-def test_export_loads_in_transformers_with_equal_logits(tmp_path, moe_layout):
-    c = oracle.small_config(moe=moe_layout is not None)
+def test_export_loads_in_transformers_with_equal_logits(oracle, tmp_path, moe_layout):
+    transformers = oracle.transformers
+    c = small_config(moe=moe_layout is not None)
     params = init_params(c, jax.random.key(0))
     out = hf.save_hf_checkpoint(params, c, tmp_path / "hf", max_shard_bytes=200_000,
                                 moe_layout=moe_layout or "released")
@@ -43,7 +40,7 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, moe_layout):
     ids, (grid, px), (igrid, ipx), (vgrid, vpx) = build(rng, LAYOUTS["image_and_video"], c)
     ids = ids[None]
     ref = oracle.hf_logits(model, c, ids, None, ipx, igrid, vpx, vgrid)
-    assert np.max(np.abs(_ours(c, params, ids, grid, px, igrid, vgrid) - ref)) <= 1e-4
+    assert np.max(np.abs(_ours(c, params, ids, grid, px, igrid, vgrid) - ref)) <= TOL
 
     c2, back = hf.load_hf_checkpoint(out)
     assert c2.text.to_dict() == c.text.to_dict() | {"moe_impl": c2.text.moe_impl}
@@ -54,11 +51,11 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, moe_layout):
 
 
 def test_cli_round_trip(tmp_path):
-    c = oracle.small_config()
+    c = small_config()
     params = init_params(c, jax.random.key(1))
     hf.save_hf_checkpoint(params, c, tmp_path / "hf")
-    convert_main(["hf-to-jax", "--hf_dir", str(tmp_path / "hf"), "--out", str(tmp_path / "jax")])
-    convert_main(["jax-to-hf", "--ckpt", str(tmp_path / "jax"), "--out", str(tmp_path / "hf2")])
+    assert convert_main(["hf-to-jax", "--hf_dir", str(tmp_path / "hf"), "--out", str(tmp_path / "jax")]) == 0
+    assert convert_main(["jax-to-hf", f"--ckpt={tmp_path / 'jax'}", f"--out={tmp_path / 'hf2'}"]) == 0
     a, b = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "hf2" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
@@ -67,9 +64,24 @@ def test_cli_round_trip(tmp_path):
         (tmp_path / "hf" / "config.json").read_text())
 
 
+@pytest.mark.parametrize("args, message", [
+    ([], "give exactly one command, one of hf-to-jax, jax-to-hf"),
+    (["to-jax", "--out=x"], "give exactly one command"),
+    (["hf-to-jax", "--out=x"], "hf-to-jax needs --hf_dir"),
+    (["jax-to-hf", "--ckpt=x", "--out=y", "--dtype=bfloat16"], "jax-to-hf does not take --dtype"),
+    (["jax-to-hf", "--ckpt=x", "--out=y", "--moe_layout=sideways"], "--moe_layout"),
+    (["jax-to-hf", "--ckpt=x", "--out=y", "--max_shard_gb=big"], "--max_shard_gb"),
+    (["hf-to-jax", "--hf_dir={missing}", "--out=x"], "no config.json in"),
+])
+def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, args, message):
+    rc = convert_main([a.format(missing=tmp_path / "missing") for a in args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.fixture
 def exported(tmp_path):
-    c = oracle.small_config()
+    c = small_config()
     hf.save_hf_checkpoint(init_params(c, jax.random.key(2)), c, tmp_path)
     return tmp_path
 
@@ -119,7 +131,7 @@ def test_unsupported_config_value_is_named(exported, edit, key):
 
 
 def test_missing_shard_is_named(tmp_path):
-    c = oracle.small_config()
+    c = small_config()
     out = hf.save_hf_checkpoint(init_params(c, jax.random.key(3)), c, tmp_path, max_shard_bytes=200_000)
     victim = sorted(out.glob("model-*.safetensors"))[1]
     victim.unlink()
@@ -129,7 +141,7 @@ def test_missing_shard_is_named(tmp_path):
 
 def test_legacy_rope_scaling_config_is_read():
     """Released config.json files (transformers 4.57 era) keep MRoPE in `rope_scaling`."""
-    c = oracle.small_config()
+    c = small_config()
     cfg = hf.hf_config_from(c)
     rp = cfg["text_config"].pop("rope_parameters")
     cfg["text_config"]["rope_scaling"] = {"rope_type": "default", "mrope_section": rp["mrope_section"],

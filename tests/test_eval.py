@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_jax import generate as generate_cli
 from vlm_jax.configs.model import get_config
-from vlm_jax.convert.__main__ import save_params
 from vlm_jax.data.synthetic import SyntheticWorld
 from vlm_jax.data.synthetic import load_tokenizer as synthetic_tokenizer
 from vlm_jax.eval import __main__ as eval_cli
-from vlm_jax.eval import harness, metrics, tasks, visualize
+from vlm_jax.eval import harness, metrics, stats, tasks, visualize
+from vlm_jax.generate import __main__ as generate_cli
 from vlm_jax.inference import generate as generate_lib
 from vlm_jax.inference.loading import load_model, load_processor_config
 from vlm_jax.inference.prompt import as_tokenizer, batch_prompts, build_prompt
 from vlm_jax.model.vlm import param_shapes
+from vlm_jax.params.store import save_params
 
 PROC = {"min_pixels": 64 * 64, "max_pixels": 64 * 64}  # a 64x64 image -> 4x4 patches, 4 tokens
 IMG = [{"type": "image"}]
@@ -78,14 +78,27 @@ def test_points_counts_time_and_text():
     assert metrics.count_exact("none", 0).value == 1.0
     assert metrics.count_exact("I see nothing", 2).malformed
     assert metrics.value_exact("The bar is 7 high, not 8", 8).value == 1.0
-    for reply, ok in (("At 3.9 seconds.", 1.0), ("4.0", 1.0), ("4.1 s", 0.0), ("2", 1.0), ("1.99", 0.0)):
-        s = metrics.time_within(reply, 3.0)
+    for reply, ok in (("At 3.4 seconds.", 1.0), ("3.5", 1.0), ("3.6 s", 0.0), ("2.5", 1.0), ("2.49", 0.0)):
+        s = metrics.time_within(reply, 3.0)  # metrics.TIME_TOLERANCE_S: 0.5 s
         assert s.value == ok and not s.malformed, reply
     assert metrics.time_within("at the end", 3.0).malformed
     f1 = metrics.token_f1("A red circle.", "the red square")  # {red, circle} vs {red, square}
     assert f1.value == pytest.approx(0.5)
     assert metrics.token_f1("red square", "The red square.").value == 1.0
     assert metrics.token_f1("  ", "x").malformed
+
+
+def test_temporal_tolerance_is_the_answers_own(world):
+    """Eval and the synthetic world's self-check apply one rule: the answer's tolerance (synthetic: half a
+    frame, so the neighbouring frame is wrong), else TIME_TOLERANCE_S."""
+    items = tasks.load_items(["temporal"], num_per_task=6, world=world)
+    step = 1.0 / world.video_fps
+    for it in items:
+        t = it.answer["time"]
+        for reply, ok in ((f"At {t:.1f} seconds.", 1.0), (f"{t + step:.2f}", 0.0), (f"{t - step:.2f}", 0.0)):
+            assert tasks.score_item("temporal", it.answer, reply).value == ok == metrics.score(it.answer, reply)
+    assert tasks.score_item("temporal", {"time": 3.0}, "3.5").value == 1.0 == metrics.score({"time": 3.0}, "3.5")
+    assert tasks.score_item("temporal", {"time": 3.0}, "3.6").value == 0.0
 
 
 def test_cer_and_ocr():
@@ -129,14 +142,18 @@ def test_metrics_never_raise_on_garbage():
              lambda r: metrics.value_exact(r, 3), lambda r: metrics.time_within(r, 1.0),
              lambda r: metrics.ocr_exact(r, "SUN"), lambda r: metrics.token_f1(r, "a red box"),
              lambda r: metrics.text_match(r, "yes"), lambda r: metrics.multiple_choice(r, ["yes", "no"], "no")]
+    # Garbage scores 0 unless it happens to hold the answer: a last integer 3, or the letter of "no".
+    threes = {'[{"bbox_2d": [1, 2, 3', '[{"bbox_2d": [NaN, 1, 2, 3]}]', '[{"point_2d": [1, 2, 3]}]'}
+    right = {3: threes, 4: threes, 9: {"B. (C) A"}}
     malformed = collections.Counter()
     for reply in GARBAGE:
         for k, call in enumerate(calls):
             s = call(reply)
-            assert 0.0 <= s.value <= 1.0 and all(math.isfinite(v) for v in s.extras.values()), (k, reply[:40])
+            assert s.value == float(reply in right.get(k, ())), (k, reply[:40])
+            assert all(math.isfinite(v) for v in s.extras.values()), (k, reply[:40])
             assert not (s.malformed and s.value), (k, reply[:40])
             malformed[k] += s.malformed
-    assert malformed[0] >= len(GARBAGE) - 2  # only the huge-but-finite box parses (and the truncated one)
+    assert malformed[0] == len(GARBAGE) - 1  # only the huge-but-finite box parses
     assert metrics.count_exact("9" * 5000, 3).value == 0.0  # a number past int()'s digit limit
 
 
@@ -251,15 +268,18 @@ def test_score_items_aggregates(world):
     t = report.tasks()
     assert t["grounding"]["acc@iou0.5"] == 0.5 and t["grounding"]["malformed"] == 1 and t["grounding"]["n"] == 4
     iou1 = report.results[1].extras["iou"]
-    assert 0 < iou1 < 0.5 and t["grounding"]["mean_iou"] == pytest.approx((0 + iou1 + 1 + 1) / 4)
+    assert iou1 == pytest.approx((box[2] - box[0]) / (1000 - box[0]))  # the box clipped at 1000, same height
+    assert t["grounding"]["mean_iou"] == pytest.approx((0 + iou1 + 1 + 1) / 4)
     assert t["counting"]["exact"] == 0.75 and t["counting"]["malformed"] == 0
     assert t["ocr"]["exact"] == 0.75 and t["ocr"]["malformed"] == 1 and t["ocr"]["cer"] == pytest.approx(0.25)
     assert report.scalars()["grounding/malformed_rate"] == 0.25
     table = report.table().splitlines()
-    assert table[0].split() == ["task", "metric", "score", "n", "malformed", "extra"]
-    assert table[2].split()[:5] == ["grounding", "acc@iou0.5", "0.500", "4", "1"]
+    assert table[0].split() == ["task", "metric", "n", "score", "[95%", "CI]", "malformed", "extra"]
+    lo, hi = stats.wilson_interval(2, 4)
+    assert table[2].split()[:7] == ["grounding", "acc@iou0.5", "4", "0.500", f"[{lo:.3f},", f"{hi:.3f}]", "1"]
     js = report.to_json()
     assert json.loads(json.dumps(js))["tasks"]["counting"]["exact"] == 0.75 and len(js["predictions"]) == 12
+    assert js["tasks"]["grounding"]["ci95"] == [lo, hi] and js["tasks"]["grounding"]["interval"] == "wilson"
 
 
 def test_evaluate_batches_and_decodes(world, tok, monkeypatch):
@@ -303,8 +323,113 @@ def test_trivial_baselines_from_data(world):
     expect = np.mean([it.answer["count"] == int(base["counting"].reply) for it in items[:8]])
     assert scores["counting"] == pytest.approx(expect)
     assert set(scores) == {"counting", "grounding"}  # pointing has no items in this report
-    assert report.table(base).splitlines()[0].split()[3] == "baseline"
+    assert report.table(base).splitlines()[0].split()[6] == "baseline"
     assert report.to_json(base)["tasks"]["counting"]["baseline"] == pytest.approx(expect)
+
+
+def test_intervals_against_hand_computed_values():
+    # Wilson 95% for 8 / 10 by hand: z^2 = 3.8415, centre (0.8 + 0.19207) / 1.38415 = 0.71674,
+    # half 1.96 * sqrt(0.016 + 0.0096037) / 1.38415 = 0.22658 -> [0.4902, 0.9433].
+    lo, hi = stats.wilson_interval(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    for n in range(1, 40):  # the interval holds the proportion exactly, whatever the rounding
+        for k in range(n + 1):
+            lo, hi = stats.wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0 and (lo == 0.0) == (k == 0) and (hi == 1.0) == (k == n)
+    assert stats.wilson_interval(0, 10)[1] == pytest.approx(3.8415 / 13.8415, abs=1e-4)  # z^2 / (n + z^2)
+    assert all(math.isnan(x) for x in stats.wilson_interval(0, 0))
+    # Normal: mean 0.5, squared deviations 0.25 + 0 + 0 + 0.25 -> sample sd sqrt(0.5 / 3), se sd / 2.
+    est = stats.estimate([0.0, 0.5, 0.5, 1.0], proportion=False)
+    half = stats.Z95 * math.sqrt(1 / 6) / 2
+    assert est.method == "normal" and est.n == 4
+    assert (est.low, est.high) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    assert est.format() == f"0.500 [{0.5 - half:.3f}, {0.5 + half:.3f}]"
+    assert stats.estimate([1, 0, 1], proportion=True).method == "wilson"
+    with pytest.raises(ValueError, match="proportion needs per-item scores of 0 or 1"):
+        stats.estimate([0.5, 1.0], proportion=True)
+
+
+def test_whole_split_is_the_default(tmp_path):
+    world = SyntheticWorld({"tasks": {"count": 1.0, "ground_box": 1.0}, "eval_splits": {"eval": 7, "test": 3}})
+    items = tasks.load_items(["counting", "grounding"], world=world)
+    assert collections.Counter(it.family for it in items) == {"counting": 7, "grounding": 7}
+    assert [it.meta["index"] for it in items[:7]] == list(range(7))
+    assert len(tasks.load_items(["counting"], split="test", world=world)) == 3
+    assert len(tasks.load_items(["counting"], num_per_task=5, world=world)) == 5
+    assert len(tasks.load_items(["counting"], num_per_task=0, world=world)) == 7  # 0: configs' "all"
+    with pytest.raises(ValueError, match="items per task must be >= 0"):
+        tasks.load_items(["counting"], num_per_task=-1, world=world)
+
+
+@pytest.fixture(scope="module")
+def image_items():
+    """Counting and grounding items of a world that trains only the single-image tasks (the main job's)."""
+    world = SyntheticWorld({"tasks": {"count": 1.0, "ground_box": 1.0}})
+    return tasks.load_items(["counting", "grounding"], num_per_task=5, world=world)
+
+
+def _pixel_key(prompt) -> bytes:
+    return np.asarray(prompt.pixel_values).tobytes()
+
+
+def test_vision_off_items_swap_images_within_a_task(image_items, tok):
+    items = image_items
+    donors = tasks.vision_off_donors(items)
+    assert sorted(donors) == list(range(len(items)))
+    assert all(d != k and items[d].family == items[k].family for k, d in enumerate(donors))
+    off = tasks.vision_off_items(items, donors)
+    orig_px = [_pixel_key(build_prompt(it.messages, it.images, it.videos, tok, PROC)) for it in items]
+    off_prompts = [build_prompt(it.messages, it.images, it.videos, tok, PROC) for it in off]
+    off_px = [_pixel_key(p) for p in off_prompts]
+    assert len(set(orig_px)) == len(items)  # distinct images, so a swap is visible
+    assert all(a != b for a, b in zip(off_px, orig_px))  # every prompt's pixels changed ...
+    for fam in ("counting", "grounding"):  # ... and are a permutation of the same task's originals
+        ks = [k for k, it in enumerate(items) if it.family == fam]
+        assert sorted(off_px[k] for k in ks) == sorted(orig_px[k] for k in ks)
+    for a, b, p in zip(items, off, off_prompts):  # the question and answer stay
+        assert (b.messages, b.answer, b.id) == (a.messages, a.answer, a.id)
+        assert p.input_ids == build_prompt(a.messages, a.images, a.videos, tok, PROC).input_ids
+    with pytest.raises(ValueError, match="permutation"):
+        tasks.vision_off_items(items, [0] * len(items))
+    # A lone item of its kind has no other image to take: it keeps its own.
+    assert tasks.vision_off_donors(items[:1] + items[-1:]) == [0, 1]
+
+
+def test_evaluate_vision_off_control(image_items, tok, monkeypatch):
+    """generate is replaced by "the reference of the item whose image this is": the model scores 1,
+    and in the control each item gets exactly its donor's reference."""
+    items = image_items
+    by_pixels = {_pixel_key(build_prompt(it.messages, it.images, it.videos, tok, PROC)): it.reference
+                 for it in items}
+    patches = 16  # a 64 x 64 image under PROC
+
+    def fake_generate(config, params, prompts, *, pixel_values, grid_thw, max_new_tokens, pad_token_id, **kw):
+        assert np.prod(grid_thw, axis=-1).tolist() == [patches] * len(prompts)
+        out = np.full((len(prompts), max_new_tokens), pad_token_id, np.int32)
+        for r in range(len(prompts)):
+            ref = by_pixels[pixel_values[r * patches:(r + 1) * patches].tobytes()]
+            seq = (tok.encode(ref) + [tok.im_end_id])[:max_new_tokens]
+            out[r, :len(seq)] = seq
+        return generate_lib.GenerateOutput(out, np.full(len(prompts), max_new_tokens), np.ones(len(prompts), bool),
+                                           64)
+
+    monkeypatch.setattr(generate_lib, "generate", fake_generate)
+    report = harness.evaluate(get_config("tiny"), {}, tok, items, batch_size=4, max_new_tokens=64, processor=PROC,
+                              vision_off_control=True)
+    donors = report.control.settings["donors"]
+    assert [r.reply for r in report.results] == [it.reference for it in items]
+    assert [r.reply for r in report.control.results] == [items[d].reference for d in donors]
+    assert [r.answer for r in report.control.results] == [it.answer for it in items]
+    expect = {f: np.mean([tasks.score_item(f, items[k].answer, items[d].reference).value
+                          for k, d in enumerate(donors) if items[k].family == f]) for f in ("counting", "grounding")}
+    assert {f: e.value for f, e in report.control.estimates().items()} == pytest.approx(expect)
+    assert expect["grounding"] < 1.0  # another item's box does not fit
+    header = report.table().splitlines()[0].split()
+    assert header[:7] == ["task", "metric", "n", "score", "[95%", "CI]", "vision-off"]
+    js = report.to_json()
+    assert js["tasks"]["grounding"]["vision_off"] == pytest.approx(expect["grounding"])
+    assert report.scalars()["counting/vision_off/exact"] == pytest.approx(expect["counting"])
+    assert js["vision_off"]["settings"]["swapped"] == len(items)
 
 
 def test_visualization_draws_true_green_and_predicted_red(tmp_path):
@@ -330,13 +455,16 @@ def test_visualization_draws_true_green_and_predicted_red(tmp_path):
 def test_eval_cli_runs_tiny_model(ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     rc = eval_cli.main([f"--checkpoint={ckpt}", "--tasks=grounding,counting", "--num=2", "--batch_size=2",
-                        "--max_new_tokens=4", "--n_train=20", f"--out={out}"])
+                        "--max_new_tokens=4", "--n_train=20", "--vision_off", f"--out={out}"])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["task", "metric", "score", "baseline"]
+    assert lines[0].split()[:8] == ["task", "metric", "n", "score", "[95%", "CI]", "baseline", "vision-off"]
     result = json.loads((out / "results.json").read_text())
     assert {k: v["n"] for k, v in result["tasks"].items()} == {"grounding": 2, "counting": 2}
-    assert all(0.0 <= p["score"] <= 1.0 for p in result["predictions"])
+    assert all(0.0 <= v["vision_off"] <= 1.0 for v in result["tasks"].values())
+    assert len(result["vision_off"]["predictions"]) == 4 and result["vision_off"]["settings"]["swapped"] == 4
+    assert [p["score"] for p in result["predictions"]] == [
+        tasks.score_item(p["family"], p["answer"], p["final"]).value for p in result["predictions"]]
     assert len(list(out.glob("*.png"))) >= 3  # grounding items and box / point counting items
 
 
@@ -345,6 +473,10 @@ def test_eval_cli_runs_tiny_model(ckpt, tmp_path, capsys):
     (["--checkpoint={ckpt}", "--tasks=grounding,nope"], "unknown eval task(s) ['nope']; valid tasks: grounding"),
     (["--checkpoint={ckpt}", "--preset=fast"], "unknown sampling preset 'fast'; choose from instruct"),
     (["--checkpoint={ckpt}", "--jsonl={missing}"], "JSONL file not found"),
+    (["--tasks=grounding"], "flag --checkpoint=None: Flag --checkpoint must have a value"),
+    (["--checkpoint={ckpt}", "--num=all"], "flag --num=all: invalid literal for int()"),
+    (["--checkpoint={ckpt}", "--bogus=1"], "Unknown command line flag 'bogus'"),
+    (["--checkpoint={ckpt}", "grounding"], "unexpected arguments ['grounding']"),
 ])
 def test_eval_cli_errors(ckpt, tmp_path, capsys, args, message):
     rc = eval_cli.main([a.format(ckpt=ckpt, missing=tmp_path / "missing") for a in args])

@@ -6,14 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests import hf_oracle as oracle
-from tests.test_parity import build
+from tests.helpers import build, random_params, small_config
 from vlm_jax.inference.generate import TRACE_COUNTS, generate, left_pad, resolve_sampling
 from vlm_jax.inference.sampling import SamplingConfig
 from vlm_jax.inference.thinking import ThinkingBudget
 from vlm_jax.model import rope
 
-torch = oracle.torch
 NEW = 32
 
 # (prompt seed, one layout per row); all prompts fit the 32-token bucket, so batch-1 cases share the
@@ -28,8 +26,8 @@ CASES = {
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["dense", "moe"])
-def models(request):
-    c = oracle.small_config(moe=request.param)
+def models(request, oracle):
+    c = small_config(moe=request.param)
     hf = oracle.hf_model(c)
     return c, hf, oracle.params_from(hf, c)
 
@@ -49,7 +47,8 @@ def make_batch(c, layouts, seed=0):
     return prompts, ours, images, videos, ids.astype(np.int64), mask.astype(np.int64)
 
 
-def hf_generate(hf, c, ids, mask, images, videos, new=NEW):
+def hf_generate(oracle, hf, c, ids, mask, images, videos, new=NEW):
+    torch = oracle.torch
     t = lambda a, dt=torch.long: None if a is None else torch.as_tensor(np.asarray(a), dtype=dt)
     types = rope.token_types(ids, c.image_token_id, c.video_token_id)
     kw = dict(pixel_values=t(images[1], torch.float32), image_grid_thw=t(images[0]),
@@ -65,10 +64,10 @@ def hf_generate(hf, c, ids, mask, images, videos, new=NEW):
 
 @pytest.mark.parity
 @pytest.mark.parametrize("case", list(CASES))
-def test_greedy_matches_reference(models, case):
+def test_greedy_matches_reference(oracle, models, case):
     c, hf, params = models
     prompts, (grid, px), images, videos, ids, mask = make_batch(c, CASES[case][1], CASES[case][0])
-    ref = hf_generate(hf, c, ids, mask, images, videos)
+    ref = hf_generate(oracle, hf, c, ids, mask, images, videos)
     out = generate(c, params, prompts, pixel_values=px, grid_thw=grid, preset="greedy", max_new_tokens=NEW)
     assert out.tokens.shape == ref.shape == (len(prompts), NEW)
     for row in ref:
@@ -77,14 +76,10 @@ def test_greedy_matches_reference(models, case):
     assert (out.lengths == NEW).all() and not out.finished.any()
 
 
-def _dense_model():
-    c = oracle.small_config()
-    return c, oracle.params_from(oracle.hf_model(c, seed=1), c)
-
-
 @pytest.fixture(scope="module")
 def dense():
-    return _dense_model()
+    c = small_config()
+    return c, random_params(c, seed=1)
 
 
 def test_decode_compiles_once(dense):

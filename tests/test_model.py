@@ -1,4 +1,4 @@
-"""Model properties beyond parity: axis names, remat, jit, MoE implementations, dtypes."""
+"""Model properties beyond parity: axis names, remat, jit, MoE implementations, dtypes, padding, KV cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_parity import LAYOUTS, build
+from tests.helpers import LAYOUTS, build, random_params, small_config
 from vlm_jax.configs import model as model_configs
 from vlm_jax.model import rope
 from vlm_jax.model.vlm import Qwen3VL, init_params
@@ -103,3 +103,22 @@ def test_kv_cache_decoding_matches_full_forward():
         cache = out["cache"]
         steps.append(out["logits"])
     np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full), atol=1e-5)
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_padding_patches_do_not_change_features(moe):
+    """Static-shape padding (extra zero patches and zero grid rows) leaves real features unchanged."""
+    c = small_config(moe=moe)
+    params = random_params(c)
+    rng = np.random.default_rng(5)
+    grid = np.asarray([[1, 4, 6], [2, 2, 4]], np.int32)
+    n = int(grid.prod(-1).sum())
+    px = rng.normal(size=(n, 1536)).astype(np.float32)
+    model = Qwen3VL(c)
+    a, da = model.apply({"params": params}, jnp.asarray(px), jnp.asarray(grid), method=Qwen3VL.encode_vision)
+    px_pad = np.concatenate([px, np.zeros((12, 1536), np.float32)])
+    grid_pad = np.concatenate([grid, np.zeros((2, 3), np.int32)])
+    b, db = jax.jit(lambda p, g: model.apply({"params": params}, p, g, method=Qwen3VL.encode_vision))(
+        jnp.asarray(px_pad), jnp.asarray(grid_pad))
+    np.testing.assert_allclose(np.asarray(b)[: n // 4], np.asarray(a), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(db)[:, : n // 4], np.asarray(da), atol=1e-5)

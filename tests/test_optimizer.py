@@ -162,8 +162,12 @@ def test_schedules(schedule):
 
 
 def test_train_config_is_locked_and_validated():
-    with pytest.raises(ValueError, match="unknown train config key"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) train\.optimizer\.learning_rate;"):
         train_base.get_config(**{"optimizer.learning_rate": 1.0})
+    with pytest.raises(ValueError, match=r"missing config key\(s\) train\.loss\.z_loss_coef"):
+        c = train_base.base_config()
+        del c.loss["z_loss_coef"]
+        train_base.validate(c)
     c = train_base.get_config()
     with pytest.raises(AttributeError):
         c.optimizer.not_a_key = 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vlm_jax.data import packing
-from vlm_jax.data.packing import STATS_KEY, PackingConfig, PackIterDataset
+from vlm_jax.data.packing import STATS_KEY, PackIterDataset
 
 
 def fake_sample(index: int, length: int, n_patches: int = 0, n_grids: int = 0, task_id: int = 1) -> dict:
@@ -35,10 +35,10 @@ def fake_sample(index: int, length: int, n_patches: int = 0, n_grids: int = 0, t
     }
 
 
-def cfg(**kw) -> PackingConfig:
+def cfg(**kw) -> packing.PackingConfig:
     base = dict(seq_len=64, batch_size=4, max_patches=32, max_grids=8, patch_dim=8)
     base.update(kw)
-    return PackingConfig(**base)
+    return packing.get_config(**base)
 
 
 def random_stream(n: int, seed: int = 0, max_len: int = 40, vision_every: int = 3) -> list[dict]:
@@ -77,8 +77,11 @@ def test_target_weights_three_normalisations():
 def test_config_validation():
     with pytest.raises(ValueError, match="loss_normalization"):
         cfg(loss_normalization="mean")
-    with pytest.raises(ValueError, match="seq_len"):
+    with pytest.raises(ValueError, match=r"packing\.seq_len must be positive"):
         cfg(seq_len=0)
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) packing\.seq_length;"):
+        cfg(seq_length=8)
+    assert cfg().max_consecutive_skips == packing.base_config().max_consecutive_skips
 
 
 def test_batch_matches_contract_and_keeps_samples_whole():
@@ -236,10 +239,10 @@ def test_stream_of_only_skips_fails_loudly():
     """A source where every sample is bad stops with the cause instead of spinning forever."""
     import grain
 
-    from vlm_jax.data.packing import PackingConfig, PackIterDataset
+    from vlm_jax.data.packing import PackIterDataset
 
     bad = grain.MapDataset.source([{"skipped": "processing_error", "message": f"sample {i}: boom"}
                                    for i in range(50)]).to_iter_dataset()
-    ds = PackIterDataset(bad, PackingConfig(seq_len=16, batch_size=1, max_consecutive_skips=10))
+    ds = PackIterDataset(bad, packing.get_config(seq_len=16, batch_size=1, max_consecutive_skips=10))
     with pytest.raises(RuntimeError, match=r"10 consecutive samples were skipped; last: processing_error: sample 9"):
         next(iter(ds))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from vlm_jax import params
 from vlm_jax.configs import model as model_configs
+from vlm_jax.params import count as params
 
 
 @pytest.mark.parametrize("size", sorted(model_configs.PUBLISHED_TOTAL_B))
@@ -25,7 +25,7 @@ def test_unknown_size_and_key_fail():
         model_configs.get_config("7b")
     c = model_configs.base_config()
     c.text.bogus = 1
-    with pytest.raises(ValueError, match=r"unknown model config key\(s\) in config.text: bogus"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) model\.text\.bogus;"):
         model_configs.validate(c)
     c = model_configs.base_config()
     c.text.mrope_section = (24, 20, 21)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_jax.data import pipeline, sources
+from vlm_jax.data import packing, pipeline, sources
 from vlm_jax.data import processor as proc
-from vlm_jax.data.pipeline import DataError, Pipeline, PipelineConfig, tokenize_sample
+from vlm_jax.data.pipeline import DataError, Pipeline, tokenize_sample
 from vlm_jax.data.synthetic import TOKENIZER_PATH, SyntheticSource, SyntheticWorld
 from vlm_jax.data.tokenizer import load_tokenizer
 from vlm_jax.model.rope import get_rope_index
@@ -49,7 +49,7 @@ def rgb(h, w, seed=0):
 
 
 def test_tokenize_sample_synthetic_tasks():
-    cfg = PipelineConfig(**SMALL)
+    cfg = pipeline.get_config(**SMALL)
     seen = set()
     for task in ("caption", "multi_image", "video_count", "text", "thinking"):
         s = WORLD.sample(3, "train", task=task)
@@ -93,7 +93,7 @@ def test_visuals_in_placeholder_order():
         "images": [img_a, img_b],
         "videos": [video],
     }
-    cfg = PipelineConfig(**SMALL)
+    cfg = pipeline.get_config(**SMALL)
     out = tokenize_sample(sample, TOK, cfg)
     a, b = proc.process_image(img_a), proc.process_image(img_b)
     v = proc.process_video(video["frames"], 2.0)
@@ -113,7 +113,7 @@ def test_qwen_jsonl_matches_in_memory_samples(tmp_path):
     from vlm_jax.data.synthetic import write_jsonl
 
     src = sources.QwenJsonlSource(write_jsonl(WORLD, "train", 32, tmp_path))
-    cfg = PipelineConfig(seq_len=4096, max_patches=8192, thinking="thinking")
+    cfg = pipeline.get_config(seq_len=4096, max_patches=8192, thinking="thinking")
     for i in range(32):
         a = tokenize_sample(WORLD.sample(i), TOK, cfg)
         b = tokenize_sample(sources.decode_sample(src[i]), TOK, cfg)
@@ -132,20 +132,20 @@ def test_video_is_shrunk_to_fit_seq_len():
             {"role": "assistant", "content": "noise"},
         ],
     }
-    full = tokenize_sample(sample, TOK, PipelineConfig(seq_len=4096, max_patches=8192))
+    full = tokenize_sample(sample, TOK, pipeline.get_config(seq_len=4096, max_patches=8192))
     n_full = len(full["input_ids"])
-    fit = tokenize_sample(sample, TOK, PipelineConfig(seq_len=n_full // 2, max_patches=8192))
+    fit = tokenize_sample(sample, TOK, pipeline.get_config(seq_len=n_full // 2, max_patches=8192))
     assert len(fit["input_ids"]) <= n_full // 2
     assert fit["grid_thw"].prod() < full["grid_thw"].prod()
     with pytest.raises(sources.SampleError, match="too_long"):
-        tokenize_sample(sample, TOK, PipelineConfig(seq_len=n_full // 2, max_patches=8192, fit_videos=False))
+        tokenize_sample(sample, TOK, pipeline.get_config(seq_len=n_full // 2, max_patches=8192, fit_videos=False))
 
 
 # --- batches
 
 
 def test_batches_match_contract_and_pack_tightly():
-    cfg = PipelineConfig(**SMALL, loss_normalization="sample")
+    cfg = pipeline.get_config(**SMALL, loss_normalization="sample")
     with iter(Pipeline(synthetic(), TOK, cfg)) as it:
         batches = take(it, 8)
         stats = it.stats
@@ -185,7 +185,7 @@ def test_batches_match_contract_and_pack_tightly():
 
 
 def test_deterministic_by_seed_and_resumable_in_process():
-    cfg = PipelineConfig(**SMALL)
+    cfg = pipeline.get_config(**SMALL)
     pipe = Pipeline(synthetic(), str(TOKENIZER_PATH), cfg)
     full = take(iter(pipe), 6)
     it = iter(pipe)
@@ -197,12 +197,12 @@ def test_deterministic_by_seed_and_resumable_in_process():
     rest = take(resumed, 3)
     assert_same_batches(full, first + rest)
     assert resumed.stats["batches"] == 6
-    other = take(iter(Pipeline(synthetic(), TOK, PipelineConfig(**SMALL, seed=1))), 1)
+    other = take(iter(Pipeline(synthetic(), TOK, pipeline.get_config(**SMALL, seed=1))), 1)
     assert not np.array_equal(other[0]["input_ids"], full[0]["input_ids"])
 
 
 def test_resumable_with_two_worker_processes():
-    cfg = PipelineConfig(**SMALL, worker_count=2, worker_buffer_size=1)
+    cfg = pipeline.get_config(**SMALL, worker_count=2, worker_buffer_size=1)
     pipe = Pipeline(synthetic(), str(TOKENIZER_PATH), cfg)
     it = iter(pipe)
     first = take(it, 3)
@@ -228,7 +228,7 @@ def test_sharding_by_process_splits_the_data(tmp_path):
     src = sources.MessagesJsonlSource(path)
     got = []
     for shard in range(2):
-        cfg = PipelineConfig(
+        cfg = pipeline.get_config(
             seq_len=64,
             batch_size=2,
             max_patches=16,
@@ -289,7 +289,7 @@ def _bad_dataset(tmp_path):
 
 def test_bad_inputs_are_skipped_and_counted(tmp_path):
     src = _bad_dataset(tmp_path)
-    cfg = PipelineConfig(
+    cfg = pipeline.get_config(
         seq_len=512, batch_size=2, max_patches=1024, max_grids=8, num_epochs=1, read_threads=1
     )
     it = iter(Pipeline(src, TOK, cfg))
@@ -329,10 +329,10 @@ def test_on_error_raise_names_path_and_sample(tmp_path):
     src = sources.QwenJsonlSource(tmp_path / "d.jsonl")
     base = dict(seq_len=512, batch_size=2, max_patches=1024, max_grids=8, num_epochs=1, read_threads=1)
     with pytest.raises(DataError) as e:
-        list(Pipeline(src, TOK, PipelineConfig(**base, on_error="raise")))
+        list(Pipeline(src, TOK, pipeline.get_config(**base, on_error="raise")))
     msg = str(e.value)
     assert "sample 2" in msg and os.fspath(tmp_path / "gone.png") in msg and "missing_file" in msg
-    it = iter(Pipeline(src, TOK, PipelineConfig(**base, on_error="skip")))
+    it = iter(Pipeline(src, TOK, pipeline.get_config(**base, on_error="skip")))
     list(it)
     assert it.stats["skipped"] == {"missing_file": 1} and it.stats["samples"] == 2
 
@@ -355,7 +355,7 @@ def test_zero_size_array_image_is_skipped():
                 ],
             }
 
-    cfg = PipelineConfig(
+    cfg = pipeline.get_config(
         seq_len=512, batch_size=1, max_patches=1024, max_grids=4, num_epochs=1, read_threads=1
     )
     it = iter(Pipeline(Mem(), TOK, cfg))
@@ -369,7 +369,7 @@ def test_zero_size_array_image_is_skipped():
 def test_mixture_with_text_only_data_and_task_ids(tmp_path):
     path = tmp_path / "text.jsonl"
     path.write_text("".join(json.dumps({"text": f"plain text {i} " * 5}) + "\n" for i in range(50)))
-    cfg = PipelineConfig(**SMALL, weights={"synthetic": 0.7, "text": 0.3})
+    cfg = pipeline.get_config(**SMALL, weights={"synthetic": 0.7, "text": 0.3})
     with iter(
         Pipeline({"synthetic": synthetic(), "text": sources.MessagesJsonlSource(path)}, TOK, cfg)
     ) as it:
@@ -380,20 +380,35 @@ def test_mixture_with_text_only_data_and_task_ids(tmp_path):
 
 
 def test_suggest_vision_buffer():
-    cfg = PipelineConfig(seq_len=2048, batch_size=4)
+    cfg = pipeline.get_config(seq_len=2048, batch_size=4)
     got = pipeline.suggest_vision_buffer(synthetic(), TOK, cfg, num_samples=24)
     assert got["samples"] == 24 and 1.0 < got["patches_per_token"] < 4.0
     assert got["max_patches"] % 1024 == 0 and got["max_patches"] >= 2048 * 4 * got["patches_per_token"]
 
 
 def test_config_is_validated():
-    with pytest.raises(ValueError, match="seq_lenn"):
-        PipelineConfig.from_dict({"seq_lenn": 3})
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) pipeline\.seq_lenn;"):
+        pipeline.get_config({"seq_lenn": 3})
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) pipeline\.processor\.max_pixelz;"):
+        pipeline.get_config(processor={"max_pixelz": 3})
     with pytest.raises(ValueError, match="on_error"):
-        PipelineConfig(on_error="ignore")
+        pipeline.get_config(on_error="ignore")
     with pytest.raises(ValueError, match="loss_normalization"):
-        PipelineConfig(loss_normalization="per_token")
-    assert PipelineConfig.from_dict({"seq_len": 128}).seq_len == 128
-    cfg = PipelineConfig.from_dict({"processor": {"max_pixels": 1 << 16}, "task_names": ["a"]})
-    assert cfg.processor == proc.ProcessorConfig(max_pixels=1 << 16) and cfg.task_names == ("a",)
+        pipeline.get_config(loss_normalization="per_token")
+    with pytest.raises(ValueError, match=r"pipeline\.seq_len: .*float"):  # an int key takes no float
+        pipeline.get_config(seq_len=128.5)
+    assert pipeline.get_config({"seq_len": 128}).seq_len == 128
+    cfg = pipeline.get_config({"processor": {"max_pixels": 1 << 16}, "task_names": ["a"]})
+    assert cfg.processor == proc.get_config(max_pixels=1 << 16) and cfg.task_names == ("a",)
+    assert cfg.processor.min_pixels == proc.base_config().min_pixels  # merged key by key onto the defaults
+    assert pipeline.get_config(cfg) == cfg  # a built config is a valid override of every key
     assert os.path.exists(TOKENIZER_PATH)
+
+
+def test_packer_reads_the_pipeline_packing_keys():
+    cfg = pipeline.get_config(seq_len=256, batch_size=3, max_consecutive_skips=7, processor={"patch_size": 14})
+    assert "patch_dim" not in cfg  # the processor's: one place
+    pc = pipeline.packing_config(cfg, pad_id=5)
+    assert set(pc.keys()) == set(packing.base_config().keys())
+    assert (pc.seq_len, pc.batch_size, pc.max_consecutive_skips, pc.pad_id) == (256, 3, 7, 5)
+    assert pc.patch_dim == cfg.processor.patch_dim == 3 * 2 * 14 * 14

@@ -9,7 +9,6 @@ what torchvision's `resize` runs on CPU.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 
@@ -61,6 +60,16 @@ def test_smart_resize_matches_hf():
 # Images
 
 
+def _assert_image_equals_hf(hf, resample: str, size: tuple[int, int], seed: int) -> None:
+    """Our `process_image` with `image_resample=resample` gives HF processor `hf`'s grid and pixels exactly."""
+    img = Image.fromarray(_noise((*size, 3), seed=seed))
+    ours = P.process_image(img, P.get_config(image_resample=resample))
+    ref = hf(images=[img], return_tensors="np")
+    assert ours["pixel_values"].dtype == np.float32 and ours["grid_thw"].dtype == np.int32
+    np.testing.assert_array_equal(ours["grid_thw"], ref["image_grid_thw"])
+    np.testing.assert_array_equal(ours["pixel_values"], ref["pixel_values"])  # max abs diff 0
+
+
 @pytest.mark.parity
 @pytest.mark.parametrize("size", IMAGE_SIZES)
 def test_image_pil_backend_equals_hf(size):
@@ -68,13 +77,7 @@ def test_image_pil_backend_equals_hf(size):
     pytest.importorskip("transformers")
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    hf = Qwen2VLImageProcessorPil(size=IMAGE_SIZE, **QWEN)
-    img = Image.fromarray(_noise((*size, 3), seed=size[0]))
-    ours = P.process_image(img, P.ProcessorConfig(image_resample="pil"))
-    ref = hf(images=[img], return_tensors="np")
-    assert ours["pixel_values"].dtype == np.float32 and ours["grid_thw"].dtype == np.int32
-    np.testing.assert_array_equal(ours["grid_thw"], ref["image_grid_thw"])
-    np.testing.assert_array_equal(ours["pixel_values"], ref["pixel_values"])  # max abs diff 0
+    _assert_image_equals_hf(Qwen2VLImageProcessorPil(size=IMAGE_SIZE, **QWEN), "pil", size, seed=size[0])
 
 
 @pytest.mark.parity
@@ -133,12 +136,7 @@ def test_image_torch_backend_equals_hf_torchvision(size):
     pytest.importorskip("torchvision")
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
-    hf = Qwen2VLImageProcessor(size=IMAGE_SIZE, **QWEN)
-    img = Image.fromarray(_noise((*size, 3), seed=size[1]))
-    ours = P.process_image(img, P.ProcessorConfig(image_resample="torch"))
-    ref = hf(images=[img], return_tensors="np")
-    np.testing.assert_array_equal(ours["grid_thw"], ref["image_grid_thw"])
-    np.testing.assert_array_equal(ours["pixel_values"], ref["pixel_values"])
+    _assert_image_equals_hf(Qwen2VLImageProcessor(size=IMAGE_SIZE, **QWEN), "torch", size, seed=size[1])
 
 
 def test_backends_differ_by_at_most_a_few_levels():
@@ -152,7 +150,7 @@ def test_backends_differ_by_at_most_a_few_levels():
 def test_patch_layout():
     """Rows are (merge-block row, block col, row in block, col in block); a row is (C, T, y, x)."""
     h, w = 64, 96  # multiples of 32; identity normalisation so pixel values are the raw bytes
-    cfg = P.ProcessorConfig(min_pixels=32 * 32, image_mean=(0.0,) * 3, image_std=(1.0,) * 3,
+    cfg = P.get_config(min_pixels=32 * 32, image_mean=(0.0,) * 3, image_std=(1.0,) * 3,
                             rescale_factor=1.0)
     img = np.zeros((h, w, 3), np.uint8)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -227,7 +225,7 @@ def test_bad_sizes_raise_clear_errors():
     with pytest.raises(ValueError, match="video_fps must be positive"):
         P.process_video(np.zeros((4, 32, 32, 3), np.uint8), 0.0)
     with pytest.raises(ValueError, match="image_resample"):
-        P.ProcessorConfig(image_resample="bilinear")
+        P.get_config(image_resample="bilinear")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,7 +300,7 @@ def test_video_equals_hf_video_processor(cap):
     from transformers.video_utils import VideoMetadata
 
     hf = Qwen3VLVideoProcessor(size=VIDEO_SIZE, cap_pixels_per_frame=cap, **QWEN)
-    cfg = P.ProcessorConfig(video_cap_pixels_per_frame=cap)
+    cfg = P.get_config(video_cap_pixels_per_frame=cap)
     for shape, fps in [((8, 64, 96), 4.0), ((13, 50, 70), 6.0), ((40, 240, 320), 10.0)]:
         frames = _noise((*shape, 3), seed=shape[1])
         ours = P.process_video(frames, fps, cfg)
@@ -332,7 +330,7 @@ def test_video_token_budget():
     np.testing.assert_array_equal(same["pixel_values"], full["pixel_values"])
 
     # Stage 1: same frames, lower resolution, equal to HF with the matching pixel budget.
-    cfg = P.ProcessorConfig(video_min_tokens_per_frame=16)
+    cfg = P.get_config(video_min_tokens_per_frame=16)
     small = P.process_video(frames, fps, cfg, token_budget=100)
     assert _tokens(small["grid_thw"][0]) <= 100 and small["grid_thw"][0][0] == 4
     np.testing.assert_array_equal(small["frame_indices"], full["frame_indices"])
@@ -375,9 +373,16 @@ def test_format_timestamp():
 
 
 def test_config_is_frozen_and_validated():
-    cfg = P.ProcessorConfig()
+    cfg = P.get_config()
     assert (cfg.factor, cfg.patch_dim) == (32, 1536)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    small = P.get_config(patch_size=14)  # derived keys follow the patch keys
+    assert (small.factor, small.patch_dim) == (28, 3 * 2 * 14 * 14)
+    with pytest.raises(AttributeError):
         cfg.patch_size = 14
     with pytest.raises(ValueError, match="min_pixels"):
-        P.ProcessorConfig(min_pixels=10, max_pixels=5)
+        P.get_config(min_pixels=10, max_pixels=5)
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) processor\.max_pixel;"):
+        P.get_config(max_pixel=5)
+    with pytest.raises(ValueError, match=r"processor\.patch_dim=1000 is derived"):
+        P.get_config(patch_dim=1000)
+    assert P.get_config(cfg.to_dict()) == cfg  # a saved config (derived keys included) loads back

@@ -10,10 +10,14 @@ import pytest
 
 from vlm_jax.inference import kv_cache, sampling, thinking
 
-torch = pytest.importorskip("torch")
-lp = pytest.importorskip("transformers.generation.logits_process")
-
 B, V = 4, 300
+
+
+@pytest.fixture(scope="module")
+def lp():
+    """Hugging Face's logits processors, the reference; the comparisons skip without torch / transformers."""
+    pytest.importorskip("torch")
+    return pytest.importorskip("transformers.generation.logits_process")
 
 
 @pytest.fixture
@@ -29,6 +33,8 @@ def history():
 
 
 def hf_apply(proc, logits, input_ids=None):
+    import torch
+
     ids = torch.zeros((B, 1), dtype=torch.long) if input_ids is None else torch.as_tensor(input_ids)
     return proc(ids, torch.as_tensor(logits)).numpy()
 
@@ -41,28 +47,28 @@ def assert_same(ours, ref):
 
 
 @pytest.mark.parametrize("t", [0.3, 0.7, 1.0, 1.8])
-def test_temperature(logits, t):
+def test_temperature(lp, logits, t):
     ref = hf_apply(lp.TemperatureLogitsWarper(t), logits)
     assert_same(sampling.apply_temperature(jnp.asarray(logits), t), ref)
 
 
 @pytest.mark.parametrize("k", [1, 5, 20, V])
-def test_top_k(logits, k):
+def test_top_k(lp, logits, k):
     assert_same(sampling.apply_top_k(jnp.asarray(logits), k), hf_apply(lp.TopKLogitsWarper(k), logits))
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.8, 0.95, 1.0])
-def test_top_p(logits, p):
+def test_top_p(lp, logits, p):
     assert_same(sampling.apply_top_p(jnp.asarray(logits), p), hf_apply(lp.TopPLogitsWarper(p), logits))
 
 
 @pytest.mark.parametrize("p", [0.01, 0.1, 0.5])
-def test_min_p(logits, p):
+def test_min_p(lp, logits, p):
     assert_same(sampling.apply_min_p(jnp.asarray(logits), p), hf_apply(lp.MinPLogitsWarper(p), logits))
 
 
 @pytest.mark.parametrize("penalty", [0.8, 1.3, 2.0])
-def test_repetition_penalty(logits, history, penalty):
+def test_repetition_penalty(lp, logits, history, penalty):
     seen = sampling.token_set(jnp.asarray(history), V)
     ref = hf_apply(lp.RepetitionPenaltyLogitsProcessor(penalty), logits, history)
     assert_same(sampling.apply_repetition_penalty(jnp.asarray(logits), seen, penalty), ref)
@@ -80,7 +86,7 @@ def test_presence_penalty_is_vllm_semantics(logits, history):
 
 
 @pytest.mark.parametrize("preset", ["instruct", "thinking"])
-def test_process_logits_matches_hf_chain(logits, history, preset):
+def test_process_logits_matches_hf_chain(lp, logits, history, preset):
     """Penalties -> temperature -> top-k -> top-p (-> min-p), as HF orders its processors; our top-k
     path runs top-p on the k candidates only."""
     cfg = sampling.get_preset(preset, repetition_penalty=1.2, presence_penalty=0.0, min_p=0.05)

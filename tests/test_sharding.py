@@ -11,12 +11,13 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
+from tests.fake_data import fake_params, make_fake_batch, merge_process_batches
 from vlm_jax.configs import train_base
 from vlm_jax.configs.model import get_config
 from vlm_jax.parallel import make_mesh, rules
 from vlm_jax.train import make_train_step, put_batch
-from vlm_jax.train.fake_data import fake_params, make_fake_batch, merge_process_batches
 from vlm_jax.train.state import train_state_from_params
 from vlm_jax.train.step import CPU_FAST_COMPILE as FAST
 from vlm_jax.train.step import compact_vision, global_batch_shapes
@@ -129,34 +130,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     model = get_config("tiny")
     cfg = train_base.get_config(**CFG_KW)
     mesh = make_mesh({"data": -1})
-    params = dict(np.load(os.path.join(out, "params.npz")))
-    params = _unflatten(params)
+    params = traverse_util.unflatten_dict(dict(np.load(os.path.join(out, "params.npz"))), sep="/")
     local = [make_fake_batch(model, 2, 32, 16, [11, i, rank], num_grids=4) for i in range(STEPS)]
-    state = train_state_from_params(params, model, cfg, mesh, compiler_options=FAST)
-    step = make_train_step(model, cfg, mesh, batch_shapes=global_batch_shapes(local[0]), compiler_options=FAST)
-    losses = []
-    for b in local:
-        state, m = step(state, put_batch(b, mesh))
-        losses.append(float(m["loss"]))
+    losses, _, _ = _run(model, cfg, mesh, params, local)
     if rank == 0:
         with open(os.path.join(out, "losses.json"), "w") as f:
             json.dump(losses, f)
     jax.distributed.shutdown()
-
-
-def _flatten(tree):
-    return {"/".join(str(k.key) for k in p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflatten(flat):
-    out = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
 
 
 def _free_port() -> int:
@@ -171,7 +151,7 @@ def test_two_processes_data_parallel_match_one_process(tmp_path):
     cfg = train_base.get_config(**CFG_KW)
     mesh1 = make_mesh({"data": 1}, jax.devices()[:1])
     params = fake_params(model)
-    np.savez(tmp_path / "params.npz", **_flatten(params))
+    np.savez(tmp_path / "params.npz", **traverse_util.flatten_dict(params, sep="/"))
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

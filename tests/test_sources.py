@@ -385,7 +385,11 @@ def test_tfds_source(tmp_path):
     custom = sources.TFDSSource(
         "tiny_vlm", "train[:2]", data_dir=tmp_path, convert=lambda ex: {"text": ex["messages"].decode()}
     )
-    assert len(custom) == 2 and custom[0]["text"].startswith("[")
+    assert len(custom) == 2
+    for ex in (custom[0], custom[1]):  # the raw feature, converted by `convert`: example i's messages
+        msgs = json.loads(ex["text"])
+        i = int(msgs[0]["content"][1]["text"][1:])
+        assert msgs[1] == {"role": "assistant", "content": f"a{i}"}
 
 
 # --- mixture
@@ -426,8 +430,9 @@ def test_mixture_proportions_coverage_and_determinism():
         {"a": a, "b": b, "text": c}, {"a": 0.5, "b": 0.2, "text": 0.3}, length=3000, seed=2
     )
     assert ids != [other[i]["id"] for i in range(3000)]
+    k, j = mix.locate(0)
     s = mix[0]
-    assert s["source"] in ("a", "b", "text") and s["task"] == s["source"]
+    assert s["id"] == f"{mix.names[k]}{j}" and s["source"] == mix.names[k] and s["task"] == s["source"]
     assert len(sources.MixtureSource([a, b])) == 57
     with pytest.raises(ValueError, match="unknown sources"):
         sources.MixtureSource({"a": a}, {"z": 1.0})

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vlm_jax.data.sources import decode_sample, qwen_record_to_sample
 from vlm_jax.data.synthetic import (
     SPECIAL_IDS,
     SPECIAL_TOKENS,
@@ -332,7 +333,7 @@ def test_config_variants():
         s = w.sample(i, "train", "count")
         assert s["images"][0].shape == (96, 128, 3)
         assert len(components(foreground(s["images"][0]))) == len(s["meta"]["plan"]["objects"])
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) world\.no_such_key;"):
         SyntheticWorld(no_such_key=1)
     with pytest.raises(ValueError):
         SyntheticWorld(tasks={"nonsense": 1.0})
@@ -360,9 +361,25 @@ def test_scoring_rejects_wrong_answers():
     assert score(box, "no idea") == 0.0
     pt = {"point_2d": [200, 200], "bbox_2d": [100, 100, 300, 300]}
     assert score(pt, '[{"point_2d": [150, 290]}]') == 1.0 and score(pt, '[{"point_2d": [350, 290]}]') == 0.0
+    # Time: the answer's own tolerance (the world's: half a frame), else metrics.TIME_TOLERANCE_S (0.5 s).
     assert score({"time": 1.0, "tolerance": 0.25}, "At 1.5 seconds.") == 0.0
+    assert score({"time": 1.0, "tolerance": 0.25}, "At 1.25 seconds.") == 1.0
+    assert score({"time": 1.0}, "At 1.5 seconds.") == 1.0 and score({"time": 1.0}, "At 1.6 seconds.") == 0.0
     assert score({"text": "orange"}, "The orange bar.") == 1.0
     assert score({"text": "orange"}, "purple") == 0.0
+    assert score({"text": "orange"}, "It is not purple, it is orange.") == 0.0  # too long a reply to contain it
+    with pytest.raises(ValueError, match="no scoring rule for answer keys"):
+        score({"colour": "red"}, "red")
+
+
+def test_video_answers_name_the_frame(world):
+    """The world's temporal answers accept the event's frame only: its neighbours score 0."""
+    for i in range(N):
+        a = world.sample(i, "eval", "video_temporal")["answer"]
+        step = 1.0 / world.video_fps
+        assert a["tolerance"] == pytest.approx(step / 2)
+        assert score(a, f"{a['time']:.2f}") == 1.0
+        assert score(a, f"{a['time'] - step:.2f}") == score(a, f"{a['time'] + step:.2f}") == 0.0
 
 
 # ------------------------------------------------------------------------------------------- JSONL
@@ -398,14 +415,19 @@ def test_jsonl_round_trip(world, tmp_path):
     assert all((tmp_path / f).exists() for f in rec["video"])
     rec = json.loads(t.read_text().splitlines()[0])
     assert rec["conversations"][1]["value"].startswith("<think>\n")
-    # The pipeline's reader of the official Qwen-VL format accepts the records, if present.
-    try:
-        from vlm_jax.data.sources import qwen_record_to_sample
-    except ImportError:
-        return
-    for line in path.read_text().splitlines()[:10] + n.read_text().splitlines():
-        r = qwen_record_to_sample(json.loads(line), data_root=str(tmp_path))
-        assert len(r["images"]) + len(r["videos"]) >= 0
+    # The pipeline's reader of the official Qwen-VL format gets the same visuals and replies back.
+    records = [(line, "train", None, i) for i, line in enumerate(path.read_text().splitlines()[:10])]
+    records += [(line, "train", "video_count", i) for i, line in enumerate(n.read_text().splitlines())]
+    for line, split, task, i in records:
+        orig = world.sample(i, split, task)
+        r = decode_sample(qwen_record_to_sample(json.loads(line), data_root=str(tmp_path)))
+        assert [m["role"] for m in r["messages"]] == [m["role"] for m in orig["messages"]]
+        assert r["messages"][-1]["content"].endswith(orig["messages"][-1]["content"])  # after any <think>
+        for x, y in zip(r["images"], orig["images"], strict=True):
+            np.testing.assert_array_equal(x, y)
+        for x, y in zip(r["videos"], orig["videos"], strict=True):
+            np.testing.assert_array_equal(x["frames"], y["frames"])
+            assert x["fps"] == y["fps"]
 
 
 # ---------------------------------------------------------------------------------------- throughput

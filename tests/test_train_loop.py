@@ -4,17 +4,21 @@ runs, and the recipe's stage chaining (S0 trains only the merger; the next stage
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+from tests.checkpoint_faults import fail_background_writes
 from vlm_jax.configs import recipe, synthetic_tiny
 from vlm_jax.configs.experiment import model_config
-from vlm_jax.convert.__main__ import load_params, save_params
 from vlm_jax.inference.loading import load_processor_config
 from vlm_jax.model.vlm import init_params
+from vlm_jax.params.store import load_params, save_params
+from vlm_jax.train.checkpoint import CheckpointError
 from vlm_jax.train.loop import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,6 +79,9 @@ def test_logs_export_and_evaluation(straight):
     ev = summary["eval"]
     assert ev["tasks"]["counting"]["n"] == 3 and 0 <= ev["tasks"]["counting"]["exact"] <= 1
     assert "baseline" in ev["tasks"]["counting"] and ev["tasks"]["grounding"]["n"] == 3
+    lo, hi = ev["tasks"]["counting"]["ci95"]  # the main job's config: intervals and the vision-off control
+    assert 0 <= lo <= ev["tasks"]["counting"]["exact"] <= hi <= 1
+    assert 0 <= ev["tasks"]["grounding"]["vision_off"] <= 1 and len(ev["vision_off"]["predictions"]) == 6
     assert os.path.exists(os.path.join(workdir, "eval", "results.json"))
     assert any(f.endswith(".png") for f in os.listdir(os.path.join(workdir, "eval")))  # boxes drawn
     assert any("eval/counting/exact" in r for r in _rows(workdir))
@@ -91,6 +98,44 @@ def test_stop_and_resume_equals_uninterrupted_run(straight, tmp_path):
     assert len(loss_b) == 6
     np.testing.assert_allclose(loss_b, loss_a, rtol=0, atol=1e-6)
     assert _max_diff(_final_params(workdir_a), _final_params(workdir_b)) == 0.0
+
+
+def _cli(cwd, *args):
+    """`python -m vlm_jax.train` on the main job's config, shrunk like `_small`, run in `cwd`."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 "
+                         "--xla_cpu_use_fusion_emitters=false")  # CPU_FAST_COMPILE, as XLA flags
+    small = ["--config.train.optimizer.warmup_steps=1", "--config.eval.tasks=()", "--config.log.progress=False",
+             "--config.data.pipeline.seq_len=128", "--config.data.pipeline.max_patches=512",
+             "--config.data.pipeline.max_grids=32"]
+    cmd = [sys.executable, "-m", "vlm_jax.train", f"--config={REPO}/vlm_jax/configs/synthetic_tiny.py", *small, *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_resolves_a_relative_workdir(tmp_path):
+    r = _cli(tmp_path, "--workdir=rel", "--config.train.num_train_steps=2", "--config.train.checkpoint.every_steps=1")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out and "error" not in out, out[-3000:]
+    assert sorted(os.listdir(tmp_path / "rel" / "checkpoints")) == ["1", "2"]
+    assert json.load(open(tmp_path / "rel" / "summary.json"))["workdir"] == str(tmp_path / "rel")
+
+    # A checkpoint directory that cannot be made stops the run before training, in one line.
+    (tmp_path / "blocker").write_text("")
+    r = _cli(tmp_path, "--workdir=rel2", "--config.train.checkpoint.dir=blocker/ck")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"error: checkpoint directory unusable: {tmp_path}/blocker/ck: NotADirectoryError")
+
+
+def test_failed_save_stops_the_run(tmp_path, monkeypatch):
+    fail_background_writes(monkeypatch)
+    workdir = str(tmp_path / "w")
+    with pytest.raises(CheckpointError) as e:
+        train_and_evaluate(_small(synthetic_tiny.get_config(), 6), workdir)
+    # The first save (step 1) fails in the background; the step-3 save waits for it at the latest.
+    assert str(e.value) == f"checkpoint save failed: {workdir}/checkpoints/1: OSError: [Errno 5] Input/output error"
+    assert [r["step"] for r in _rows(workdir) if "loss" in r] in ([1], [1, 2])
+    assert not os.path.exists(os.path.join(workdir, "final"))
 
 
 def _stage(name, steps):

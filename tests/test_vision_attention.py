@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import hf_oracle as oracle
-from tests.test_parity import LAYOUTS, TOL, build, positions
+from tests.helpers import LAYOUTS, TOL, build, positions, small_config
 from vlm_jax.kernels.attention import _fits, segment_attention
 from vlm_jax.model.vlm import Qwen3VL
 
@@ -46,21 +45,22 @@ def test_fits_ignores_padding_runs():
 
 
 @pytest.fixture(scope="module")
-def reference():
-    c = oracle.small_config()
+def reference(oracle):
+    c = small_config()
     hf = oracle.hf_model(c)
     return c, hf, oracle.params_from(hf, c)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["two_images", "image_and_video"])
 @pytest.mark.parametrize("block", [4, 16, 24])  # 4: frames are larger -> the dense fallback
-def test_model_with_blocked_vit_attention_matches_reference(reference, name, block):
+def test_model_with_blocked_vit_attention_matches_reference(oracle, reference, name, block):
     c, hf, params = reference
     rng = np.random.default_rng(7)
     ids, (grid, px), (igrid, ipx), (vgrid, vpx) = build(rng, LAYOUTS[name], c)
     ids = ids[None]
     ref = oracle.hf_logits(hf, c, ids, None, ipx, igrid, vpx, vgrid)
-    cb = oracle.small_config(**{"vision.attention_block": block})
+    cb = small_config(**{"vision.attention_block": block})
     pos, _ = positions(cb, ids, None, igrid, vgrid)
     # Padding patches and grid rows, as the training pipeline's static buffers have them.
     px = np.concatenate([px, np.zeros((12, px.shape[1]), np.float32)])
@@ -73,7 +73,7 @@ def test_model_with_blocked_vit_attention_matches_reference(reference, name, blo
 
 def test_window_attention_ablation_blocked_equals_dense():
     kw = {"vision.attention": "window", "vision.window_size": 64, "vision.full_attention_layers": (2,)}
-    c0, cb = oracle.small_config(**kw), oracle.small_config(**kw, **{"vision.attention_block": 16})
+    c0, cb = small_config(**kw), small_config(**kw, **{"vision.attention_block": 16})
     ids, (grid, px), _, _ = build(np.random.default_rng(3), [("text", 2), ("image", (1, 8, 8)), ("text", 2)], c0)
     ids = ids[None]
     pos, _ = positions(c0, ids, None, grid, None)

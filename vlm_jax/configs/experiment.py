@@ -8,8 +8,10 @@ Experiment files (`vlm_jax/configs/synthetic_tiny.py`, `vlm_jax/configs/recipe/*
 
     model      the full model config (`vlm_jax.configs.model`), so any model key is an ablation flag
     train      `vlm_jax.configs.train_base` (optimizer, loss, guard, parallel, checkpoint)
-    data       tokenizer, sources {name: {kind, weight, ...}}, pipeline (`PipelineConfig` fields)
-    eval       held-out evaluation after training (tasks, split, items per task, decoding)
+    data       tokenizer, sources {name: {kind, weight, ...}}, pipeline (every key of
+               `vlm_jax.data.pipeline.base_config`; its seed None = train.seed)
+    eval       held-out evaluation after training (tasks, split, items per task (0: the whole split),
+               decoding, the vision-off control)
     log        every_steps, tensorboard, progress bar, per-task losses, peak FLOP/s for MFU
     init_from  params of a previous stage (its workdir or `final/` dir); "" = random init
     stage      a name for the run (recipe stage), shown in the summary
@@ -21,14 +23,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections as mlc
+from ml_collections.config_dict import placeholder
 
 from vlm_jax.configs import model as model_configs
 from vlm_jax.configs import train_base
+from vlm_jax.configs.validate import check_keys, merge, unflatten
+from vlm_jax.data import pipeline as pipeline_lib
+from vlm_jax.data import processor as processor_lib
 
-TOP_KEYS = ("stage", "description", "model", "train", "data", "eval", "log", "init_from")
-EVAL_KEYS = ("tasks", "split", "num_per_task", "batch_size", "max_new_tokens", "num_visualizations")
-LOG_KEYS = ("every_steps", "tensorboard", "progress", "per_task_loss", "peak_flops_per_device")
-DATA_KEYS = ("tokenizer", "sources", "pipeline")
+# Checked by their own validators, on top of their bases: they may hold a subset of their keys. The
+# sources are named by the user (each checked against its kind's keys).
+_SECTIONS = ("model", "train", "data.pipeline", "data.sources")
 
 
 def base_config(size: str = "tiny") -> mlc.ConfigDict:
@@ -44,48 +49,54 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     d.tokenizer = ""
     d.sources = mlc.ConfigDict({"synthetic": {"kind": "synthetic", "split": "train", "length": 10**7, "weight": 1.0,
                                               "world": {}}})
-    d.pipeline = mlc.ConfigDict({"seq_len": 1024, "batch_size": 8, "max_patches": 2048, "max_grids": 64,
-                                 "loss_normalization": "token", "thinking": "standard",
-                                 "processor": {"min_pixels": 32 * 32, "max_pixels": 256 * 256}})
+    p = d.pipeline = pipeline_lib.base_config()
+    p.update(seq_len=1024, batch_size=8, max_patches=2048, max_grids=64)
+    p.seed = placeholder(int)  # None: train.seed
+    p.processor.update(min_pixels=32 * 32, max_pixels=256 * 256)
 
     e = c.eval = mlc.ConfigDict()
     e.tasks = ("counting", "grounding")
     e.split = "eval"
-    e.num_per_task = 200
+    e.num_per_task = 0  # 0: the whole held-out split (a capped subset skews scores and baselines)
     e.batch_size = 16
     e.max_new_tokens = 48
     e.num_visualizations = 16
+    e.vision_off_control = False  # also score with each item's image swapped for another item's
 
     lg = c.log = mlc.ConfigDict()
     lg.every_steps = 25
     lg.tensorboard = True
     lg.progress = True
     lg.per_task_loss = True
+    # Every N steps (0 = off): how much the answers of a fixed probe batch depend on their own images
+    # (`vlm_jax.train.vision_probe`), so a collapse of the visual pathway shows when it happens.
+    lg.vision_probe_every = 0
     lg.peak_flops_per_device = 0.0  # 0 = from the device kind (CPUs: a measured matmul)
     return c
 
 
 def validate(c: mlc.ConfigDict) -> None:
-    """Unknown or missing keys fail naming them; model and train configs are validated in full."""
-    _exact(c, TOP_KEYS, "config")
-    _exact(c.eval, EVAL_KEYS, "config.eval")
-    _exact(c.log, LOG_KEYS, "config.log")
-    _exact(c.data, DATA_KEYS, "config.data")
+    """Unknown or missing keys fail naming them; model, train, pipeline and source configs are validated in full."""
+    check_keys(c, base_config(), "config", free=_SECTIONS)
     model_config(c)
     train_config(c)
+    from vlm_jax.train import data as data_lib
+
+    data_lib.pipeline_config(c.data, c.train.seed, None)
+    for name, spec in _plain(c.data.sources).items():
+        data_lib.source_config(name, spec)
     if c.log.every_steps < 1:
         raise ValueError(f"config.log.every_steps={c.log.every_steps} must be >= 1")
     if c.eval.tasks:
+        from vlm_jax.data.synthetic import SyntheticWorld
         from vlm_jax.eval import tasks as eval_tasks
 
         eval_tasks.check_task_names(list(c.eval.tasks))
-
-
-def _exact(c: mlc.ConfigDict, keys: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(c.keys()) - set(keys))
-    missing = sorted(set(keys) - set(c.keys()))
-    if unknown or missing:
-        raise ValueError(f"{where}: unknown key(s) {unknown}, missing key(s) {missing}")
+        splits = SyntheticWorld(eval_world_config(c)).eval_splits  # checked now, not after training
+        if c.eval.split not in splits:
+            raise ValueError(f"config.eval.split={c.eval.split!r}; the world's held-out splits: {', '.join(splits)}")
+    if c.eval.num_per_task < 0:
+        raise ValueError(f"config.eval.num_per_task={c.eval.num_per_task} must be >= 0 (0: the whole split)")
 
 
 def model_config(c: mlc.ConfigDict) -> mlc.ConfigDict:
@@ -100,8 +111,7 @@ def train_config(c: mlc.ConfigDict) -> mlc.ConfigDict:
 
 def _section(values: mlc.ConfigDict, base: mlc.ConfigDict, validate_fn, where: str) -> mlc.ConfigDict:
     """`base` updated with `values` (every key must exist in `base`), validated and locked."""
-    _check_known(values, base, where)
-    base.update(_plain(values))
+    merge(base, values, where)
     validate_fn(base)
     base.lock()
     return base
@@ -109,9 +119,7 @@ def _section(values: mlc.ConfigDict, base: mlc.ConfigDict, validate_fn, where: s
 
 def with_overrides(train: mlc.ConfigDict, overrides: Mapping[str, Any]) -> mlc.ConfigDict:
     """A copy of a locked train config with dotted-key overrides (unknown keys fail)."""
-    t = mlc.ConfigDict(train.to_dict())
-    for key, value in overrides.items():
-        train_base.set_dotted(t, key, value)
+    t = merge(mlc.ConfigDict(train.to_dict()), unflatten(overrides), "config.train")
     train_base.validate(t)
     t.lock()
     return t
@@ -125,19 +133,9 @@ def eval_world_config(c: mlc.ConfigDict) -> dict[str, Any]:
     return {}
 
 
-def processor_config(c: mlc.ConfigDict) -> dict[str, Any] | None:
-    """The pipeline's image/video processor settings, for evaluation prompts."""
-    return _plain(c.data.pipeline).get("processor")
-
-
-def _check_known(c: mlc.ConfigDict, ref: mlc.ConfigDict, where: str) -> None:
-    for k in c.keys():
-        if k not in ref:
-            raise ValueError(f"unknown key {where}.{k}")
-        if isinstance(ref[k], mlc.ConfigDict):
-            if not isinstance(c[k], (mlc.ConfigDict, Mapping)):
-                raise ValueError(f"{where}.{k} must be a mapping")
-            _check_known(c[k], ref[k], f"{where}.{k}")
+def processor_config(c: mlc.ConfigDict) -> dict[str, Any]:
+    """The pipeline's image/video processor settings (every key), for exported params and evaluation prompts."""
+    return processor_lib.get_config(c.data.pipeline.processor).to_dict()
 
 
 def _plain(x: Any) -> Any:

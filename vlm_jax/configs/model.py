@@ -1,13 +1,16 @@
-"""Model configs: `tiny` for tests and the CPU demo, and the published Qwen3-VL sizes.
+"""Model configs: `tiny` for tests and the CPU main job, and the published Qwen3-VL sizes.
 
 Usage: `get_config("8b")`, or on the command line `--config=vlm_jax/configs/model.py:8b`.
 Every size starts from `base_config()`, so a key that is not in the base is an error (the
-ConfigDicts are locked), and `validate()` checks values that must agree with each other.
+ConfigDicts are locked), and `validate()` checks values that must agree with each other. A key
+with a fixed set of values accepts only those in `CHOICES`: each is implemented.
 """
 
 from __future__ import annotations
 
 import ml_collections as mlc
+
+from vlm_jax.configs.validate import check_keys
 
 # Published Qwen3-VL vision towers: SigLIP2-Large-like for 2B/4B, SigLIP2-SO400M-like otherwise.
 _VIT_LARGE = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, deepstack_layers=(5, 11, 17))
@@ -35,6 +38,19 @@ PUBLISHED_TOTAL_B = {"2b": 2.13, "4b": 4.44, "8b": 8.77, "32b": 33.4, "30b-a3b":
 TINY_TOKEN_IDS = {"vision_start": 9, "vision_end": 10, "image": 12, "video": 13}
 
 SIZES = ("tiny", "tiny-moe", "100m", *_TEXT)
+
+DTYPES = ("float32", "bfloat16", "float16")
+# The values each enumerated key accepts; every one is implemented (tests/test_config.py runs each).
+CHOICES = {
+    "vision.attention": ("full", "window"),  # model/vision.py
+    "text.mrope_layout": ("interleaved", "chunked"),  # model/rope.py
+    "text.moe_impl": ("ragged", "dense"),  # model/moe.py
+    "merger": ("mlp", "resampler"),  # model/merger.py
+    "remat_policy": ("none", "full", "dots", "dots_no_batch", "minimal"),  # model/layers.py REMAT_POLICIES
+    "attention_impl": ("xla", "cudnn"),  # kernels/attention.py IMPLS
+    "dtype": DTYPES,
+    "param_dtype": DTYPES,
+}
 
 
 def base_config() -> mlc.ConfigDict:
@@ -98,7 +114,7 @@ def base_config() -> mlc.ConfigDict:
     c.param_dtype = "float32"
     c.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
     c.remat_policy = "none"  # "none" | "full" | "dots" | "dots_no_batch" | "minimal"
-    c.attention_impl = "xla"  # "xla" | "pallas" | "cudnn" (see vlm_jax/kernels)
+    c.attention_impl = "xla"  # "xla" | "cudnn" (GPU, bfloat16/float16 compute; see vlm_jax/kernels)
     return c
 
 
@@ -137,8 +153,7 @@ def get_config(size: str = "tiny") -> mlc.ConfigDict:
 
 def validate(c: mlc.ConfigDict) -> None:
     """Fails with a message naming the key when values are inconsistent or unsupported."""
-    base = base_config()
-    _check_keys(c, base, "config")
+    check_keys(c, base_config(), "model")
     v, t = c.vision, c.text
 
     def need(ok: bool, msg: str) -> None:
@@ -152,7 +167,10 @@ def validate(c: mlc.ConfigDict) -> None:
          f"vision.num_position_embeddings={v.num_position_embeddings} is not a square grid")
     need(all(0 <= i < v.depth for i in v.deepstack_layers),
          f"vision.deepstack_layers={tuple(v.deepstack_layers)} outside [0, depth={v.depth})")
-    need(v.attention in ("full", "window"), f"vision.attention={v.attention!r} (expected 'full' or 'window')")
+    for key, choices in CHOICES.items():
+        section, _, leaf = key.rpartition(".")
+        value = (c[section] if section else c)[leaf]
+        need(value in choices, f"{key}={value!r} (expected one of {', '.join(choices)})")
     need(v.attention_block >= 0, f"vision.attention_block={v.attention_block} must be >= 0")
     unit = v.patch_size * v.spatial_merge_size
     need(v.window_size % unit == 0, f"vision.window_size={v.window_size} is not a multiple of {unit} pixels")
@@ -160,13 +178,10 @@ def validate(c: mlc.ConfigDict) -> None:
     need(t.head_dim % 2 == 0, "text.head_dim must be even")
     need(sum(t.mrope_section) == t.head_dim // 2,
          f"text.mrope_section={tuple(t.mrope_section)} must sum to head_dim // 2 = {t.head_dim // 2}")
-    need(t.mrope_layout in ("interleaved", "chunked"), f"text.mrope_layout={t.mrope_layout!r}")
     if t.num_experts:
         need(0 < t.num_experts_per_tok <= t.num_experts,
              f"text.num_experts_per_tok={t.num_experts_per_tok} must be in [1, num_experts={t.num_experts}]")
         need(t.moe_intermediate_size > 0, "text.moe_intermediate_size must be > 0 for an MoE model")
-        need(t.moe_impl in ("ragged", "dense"), f"text.moe_impl={t.moe_impl!r}")
-    need(c.merger in ("mlp", "resampler"), f"merger={c.merger!r} (expected 'mlp' or 'resampler')")
     if c.merger == "resampler":
         side = int(round(c.resampler_num_queries ** 0.5))
         need(side * side == c.resampler_num_queries,
@@ -177,22 +192,9 @@ def validate(c: mlc.ConfigDict) -> None:
         need(len(v.deepstack_layers) <= t.num_layers, "more DeepStack levels than decoder layers")
     for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
         need(0 <= c[k] < t.vocab_size, f"{k}={c[k]} outside the vocabulary (vocab_size={t.vocab_size})")
-    need(c.remat_policy in ("none", "full", "dots", "dots_no_batch", "minimal"),
-         f"remat_policy={c.remat_policy!r}")
-    need(c.attention_impl in ("xla", "pallas", "cudnn"), f"attention_impl={c.attention_impl!r}")
-    for k in ("dtype", "param_dtype"):
-        need(c[k] in ("float32", "bfloat16", "float16"), f"{k}={c[k]!r}")
-
-
-def _check_keys(c: mlc.ConfigDict, ref: mlc.ConfigDict, where: str) -> None:
-    unknown = sorted(set(c.keys()) - set(ref.keys()))
-    if unknown:
-        raise ValueError(f"unknown model config key(s) in {where}: {', '.join(unknown)}")
-    for k in ref.keys():
-        if k not in c:
-            raise ValueError(f"missing model config key {where}.{k}")
-        if isinstance(ref[k], mlc.ConfigDict):
-            _check_keys(c[k], ref[k], f"{where}.{k}")
+    need(c.attention_impl != "cudnn" or c.dtype in ("bfloat16", "float16"),
+         f"attention_impl='cudnn' needs dtype bfloat16 or float16, got {c.dtype!r} (cuDNN flash attention has no "
+         "float32 kernel)")
 
 
 def vision_head_dim(c: mlc.ConfigDict) -> int:

@@ -12,9 +12,12 @@ from typing import Any
 
 import ml_collections as mlc
 
+from vlm_jax.configs import model as model_configs
+from vlm_jax.configs.validate import check_keys, merge, unflatten
+
 SCHEDULES = ("cosine", "linear", "constant")
 MESH_AXES = ("data", "fsdp", "expert", "sequence", "tensor")
-REMAT_POLICIES = ("model", "none", "full", "dots", "dots_no_batch", "minimal")
+REMAT_POLICIES = ("model", *model_configs.CHOICES["remat_policy"])  # "model": keep the model config's
 
 
 def base_config() -> mlc.ConfigDict:
@@ -81,28 +84,14 @@ def get_config(**overrides: Any) -> mlc.ConfigDict:
     """The validated, locked base train config; `overrides` are dotted keys -> values."""
     c = base_config()
     c.lock()
-    for key, value in overrides.items():
-        set_dotted(c, key, value)
+    merge(c, unflatten(overrides), "train")
     validate(c)
     return c
 
 
-def set_dotted(c: mlc.ConfigDict, dotted: str, value: Any) -> None:
-    """`c[a][b][c] = value` for `dotted` = "a.b.c"; ValueError naming the key when it does not exist."""
-    *parents, leaf = dotted.split(".")
-    node = c
-    for p in parents:
-        if p not in node:
-            raise ValueError(f"unknown train config key {dotted!r}")
-        node = node[p]
-    if leaf not in node:
-        raise ValueError(f"unknown train config key {dotted!r}")
-    node[leaf] = value
-
-
 def validate(c: mlc.ConfigDict) -> None:
     """Fails with a message naming the key when a key is unknown/missing or a value is invalid."""
-    _check_keys(c, base_config(), "train")
+    check_keys(c, base_config(), "train")
     o = c.optimizer
 
     def need(ok: bool, msg: str) -> None:
@@ -137,14 +126,3 @@ def validate(c: mlc.ConfigDict) -> None:
     k = c.checkpoint
     need(k.every_steps >= 1, f"checkpoint.every_steps={k.every_steps} must be >= 1")
     need(k.keep >= 1, f"checkpoint.keep={k.keep} must be >= 1")
-
-
-def _check_keys(c: mlc.ConfigDict, ref: mlc.ConfigDict, where: str) -> None:
-    unknown = sorted(set(c.keys()) - set(ref.keys()))
-    if unknown:
-        raise ValueError(f"unknown train config key(s) in {where}: {', '.join(unknown)}")
-    for k in ref.keys():
-        if k not in c:
-            raise ValueError(f"missing train config key {where}.{k}")
-        if isinstance(ref[k], mlc.ConfigDict):
-            _check_keys(c[k], ref[k], f"{where}.{k}")

@@ -44,21 +44,23 @@ float32 [N, patch_dim], ``grid_thw`` int32 [K, 3], ``task_id`` int; or *skip mar
 from __future__ import annotations
 
 import collections
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grain
+import ml_collections as mlc
 import numpy as np
+
+from vlm_jax.configs.validate import merge
 
 LOSS_NORMALIZATIONS = ("token", "sample", "sqrt")
 STATS_KEY = "_stats"  # per-batch statistics travel with the batch under this key
 
 
-@dataclasses.dataclass(frozen=True)
-class PackingConfig:
-    """Shapes and policy of packed batches.
+def base_config() -> mlc.ConfigDict:
+    """Every packing key with its default. The pipeline config holds these same keys (but `patch_dim`,
+    its processor's), and the pipeline's packer reads them from it (`pipeline.packing_config`).
 
     seq_len: tokens per row (S). batch_size: rows per batch (B).
     max_patches: rows of the pixel_values buffer (P), shared by the batch.
@@ -72,29 +74,44 @@ class PackingConfig:
     max_consecutive_skips: this many skipped samples in a row stop the stream with an error naming
       the last cause (data that is all bad, or a wrong tokenizer, must not spin silently).
     """
+    c = mlc.ConfigDict()
+    c.seq_len = 4096
+    c.batch_size = 8
+    c.max_patches = 16384
+    c.max_grids = 64
+    c.patch_dim = 1536
+    c.loss_normalization = "token"
+    c.pad_id = 0
+    c.buffer_factor = 2.0
+    c.max_buffer_samples = 1024
+    c.max_consecutive_skips = 1000
+    return c
 
-    seq_len: int
-    batch_size: int
-    max_patches: int = 16384
-    max_grids: int = 64
-    patch_dim: int = 1536
-    loss_normalization: str = "token"
-    pad_id: int = 0
-    buffer_factor: float = 2.0
-    max_buffer_samples: int = 1024
-    max_consecutive_skips: int = 1000
 
-    def __post_init__(self):
-        for name in ("seq_len", "batch_size", "max_patches", "max_grids", "patch_dim", "max_buffer_samples"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"PackingConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.loss_normalization not in LOSS_NORMALIZATIONS:
-            raise ValueError(
-                f"PackingConfig.loss_normalization must be one of {LOSS_NORMALIZATIONS}, "
-                f"got {self.loss_normalization!r}"
-            )
-        if not self.buffer_factor > 0:
-            raise ValueError(f"PackingConfig.buffer_factor must be positive, got {self.buffer_factor}")
+# A built packing config (`get_config`): what the packer takes.
+PackingConfig = mlc.FrozenConfigDict
+
+
+def get_config(overrides: Mapping[str, Any] | mlc.ConfigDict | None = None, **kw: Any) -> PackingConfig:
+    """The validated, frozen packing config: `base_config()` with `overrides` and `kw` (any subset of its
+    keys; an unknown key fails naming it)."""
+    c = merge(merge(base_config(), overrides, "packing"), kw, "packing")
+    check_values(c, "packing")
+    return mlc.FrozenConfigDict(c)
+
+
+def check_values(c: mlc.ConfigDict, where: str) -> None:
+    """Fails naming `where.key` for an invalid packing value of `c` (a packing or a pipeline config)."""
+    # A pipeline config has no patch_dim (its processor's): only the keys present are checked.
+    for name in ("seq_len", "batch_size", "max_patches", "max_grids", "patch_dim", "max_buffer_samples",
+                 "max_consecutive_skips"):
+        if name in c and int(c[name]) <= 0:
+            raise ValueError(f"{where}.{name} must be positive, got {c[name]}")
+    if c.loss_normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"{where}.loss_normalization must be one of {LOSS_NORMALIZATIONS}, "
+                         f"got {c.loss_normalization!r}")
+    if not c.buffer_factor > 0:
+        raise ValueError(f"{where}.buffer_factor must be positive, got {c.buffer_factor}")
 
 
 def target_weights(loss_mask: np.ndarray, mode: str) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Entry point::
 
-    pipe = Pipeline(source, tokenizer, PipelineConfig(seq_len=4096, batch_size=8, worker_count=2))
+    pipe = Pipeline(source, tokenizer, get_config(seq_len=4096, batch_size=8, worker_count=2))
     it = iter(pipe)                  # PipelineIterator
     batch = next(it)                 # dict of numpy arrays, the CONTRACTS.md batch
     state = it.get_state()           # JSON-serialisable; it.set_state(state) resumes exactly
@@ -10,7 +10,7 @@ Entry point::
 
 ``source`` is any random-access source of raw samples (``vlm_jax.data.sources``; a ``MixtureSource``
 for a weighted mix, e.g. with text-only data) or a mapping name -> source with
-``PipelineConfig.weights``. The pipeline, in grain terms:
+the config's ``weights``. The pipeline, in grain terms:
 
     MapDataset.range(len(source)) .shuffle(seed) [shard::num_shards] .repeat(num_epochs)
       .map(SampleProcessor)                       # read + decode + tokenise, or a skip marker
@@ -51,12 +51,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
+import ml_collections as mlc
 import numpy as np
 import tokenizers
+from ml_collections.config_dict import placeholder
 
+from vlm_jax.configs.validate import check_keys, merge
 from vlm_jax.data import packing as packing_lib
+from vlm_jax.data import processor as processor_lib
 from vlm_jax.data import sources as sources_lib
-from vlm_jax.data.packing import STATS_KEY, PackingConfig, PackIterDataset, skip_marker
+from vlm_jax.data.chat_template import THINKING_FORMATS
+from vlm_jax.data.packing import STATS_KEY, PackIterDataset, skip_marker
 from vlm_jax.data.sources import SampleError
 
 log = logging.getLogger(__name__)
@@ -73,125 +78,101 @@ class DataError(RuntimeError):
     """A bad sample with ``on_error='raise'``; the message names the sample index, id and source."""
 
 
-@dataclasses.dataclass
-class PipelineConfig:
-    """Configuration of ``Pipeline`` (validated; ``from_dict`` rejects unknown keys).
+def base_config() -> mlc.ConfigDict:
+    """Every pipeline key with its default.
 
-    Batch shapes: ``batch_size`` rows (per process) of ``seq_len`` tokens; ``max_patches`` x 1536
-    pixel values and ``max_grids`` grid rows shared by the batch. ``loss_normalization``:
-    'token' | 'sample' | 'sqrt' (see ``vlm_jax.data.packing``).
+    Packing: the keys of ``packing.base_config()`` (``seq_len``, ``batch_size``, ``max_patches``,
+    ``max_grids``, ``loss_normalization``, ``buffer_factor``, ``max_buffer_samples``,
+    ``max_consecutive_skips``, ``pad_id``), which the packer reads from here as they are; its
+    ``patch_dim`` is the processor's. Batch shapes: ``batch_size`` rows (per process) of ``seq_len``
+    tokens; ``max_patches`` x ``patch_dim`` pixel values and ``max_grids`` grid rows shared by the batch.
+    ``pad_id`` None = ``<|endoftext|>``.
     Order: ``seed``, ``shuffle``, ``num_epochs`` (None = forever); ``shard_index`` / ``shard_count``
     default to ``jax.process_index()`` / ``jax.process_count()``.
     Parallelism: ``worker_count`` grain processes (0 = in-process), ``worker_buffer_size`` batches
     buffered per worker, ``read_threads`` / ``read_buffer_size`` threads and elements prefetched by
     each process's reader (decoding + tokenising runs on these threads).
-    Packing: ``buffer_factor`` batches' worth of tokens are pooled before packing a batch;
-    ``max_buffer_samples`` caps the pool.
     Errors: ``on_error`` 'skip' (count and go on) | 'raise' (``DataError`` naming the sample);
     samples too long for ``seq_len`` or the vision buffer are always skipped and counted.
     Tasks: ``task_names``: task id of a sample = 1 + its position in this list (0 if absent); None
     = the mixture's source names when the source is a ``MixtureSource``, else no task ids (all 0).
-    Text: ``thinking`` (False / 'standard', True / 'thinking', 'thinking_all_turns') and
-    ``add_vision_id`` are passed to the chat template; ``pad_id`` None = ``<|endoftext|>``.
+    Text: ``thinking`` ('standard' | 'thinking' | 'thinking_all_turns') and ``add_vision_id`` are
+    passed to the chat template.
     Video: ``default_video_fps`` for frame lists without a rate; ``video_token_budget`` (visual tokens
     per video, None = the processor's plan); ``fit_videos`` shrinks videos (the processor's
     length-adaptive sampling) so that the sample fits ``seq_len`` and the vision buffer.
-    ``processor``: a ``vlm_jax.data.processor.ProcessorConfig`` (None = its defaults).
-    ``weights``: mixture weights when ``source`` is a mapping of named sources.
+    ``processor``: the image/video processor's keys (``processor.base_config()``).
+    ``weights``: mixture weights {name: weight} when ``source`` is a mapping of named sources.
     """
+    c = packing_lib.base_config()
+    del c["patch_dim"]  # the processor's
+    c.pad_id = placeholder(int)
+    c.seed = 0
+    c.shuffle = True
+    c.num_epochs = placeholder(int)
+    c.shard_index = placeholder(int)
+    c.shard_count = placeholder(int)
+    c.worker_count = 0
+    c.worker_buffer_size = 2
+    c.read_threads = 2
+    c.read_buffer_size = 32
+    c.on_error = "skip"
+    c.task_names = placeholder(tuple)
+    c.thinking = "standard"
+    c.add_vision_id = False
+    c.default_video_fps = 2.0
+    c.video_token_budget = placeholder(int)
+    c.fit_videos = True
+    c.processor = processor_lib.base_config()
+    c.weights = None
+    c.log_skipped = 20
+    return c
 
-    seq_len: int = 4096
-    batch_size: int = 8
-    max_patches: int = 16384
-    max_grids: int = 64
-    loss_normalization: str = "token"
-    seed: int = 0
-    shuffle: bool = True
-    num_epochs: int | None = None
-    shard_index: int | None = None
-    shard_count: int | None = None
-    worker_count: int = 0
-    worker_buffer_size: int = 2
-    read_threads: int = 2
-    read_buffer_size: int = 32
-    buffer_factor: float = 2.0
-    max_buffer_samples: int = 1024
-    on_error: str = "skip"
-    task_names: tuple[str, ...] | None = None
-    thinking: bool | str = False
-    add_vision_id: bool = False
-    pad_id: int | None = None
-    default_video_fps: float = 2.0
-    video_token_budget: int | None = None
-    fit_videos: bool = True
-    processor: Any = None
-    weights: Any = None
-    log_skipped: int = 20
 
-    def __post_init__(self):
-        ints = ("seq_len", "batch_size", "max_patches", "max_grids", "max_buffer_samples")
-        for name in ints:
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"PipelineConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("worker_count", "read_threads", "log_skipped"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"PipelineConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.worker_buffer_size < 1 or self.read_buffer_size < 1:
-            raise ValueError("PipelineConfig.worker_buffer_size and read_buffer_size must be >= 1")
-        if self.on_error not in ("skip", "raise"):
-            raise ValueError(f"PipelineConfig.on_error must be 'skip' or 'raise', got {self.on_error!r}")
-        if self.loss_normalization not in packing_lib.LOSS_NORMALIZATIONS:
-            raise ValueError(
-                f"PipelineConfig.loss_normalization must be one of {packing_lib.LOSS_NORMALIZATIONS}, "
-                f"got {self.loss_normalization!r}"
-            )
-        if self.num_epochs is not None and self.num_epochs <= 0:
-            raise ValueError(f"PipelineConfig.num_epochs must be positive or None, got {self.num_epochs}")
-        if (self.shard_index is None) != (self.shard_count is None):
-            raise ValueError("PipelineConfig.shard_index and shard_count must be given together")
-        if self.shard_count is not None and not 0 <= self.shard_index < self.shard_count:
-            raise ValueError(f"PipelineConfig.shard_index {self.shard_index} not in [0, {self.shard_count})")
-        if self.task_names is not None:
-            self.task_names = tuple(self.task_names)
-        if isinstance(self.processor, Mapping):
-            from vlm_jax.data.processor import ProcessorConfig
+# A built pipeline config (`get_config`): what the pipeline's functions take.
+PipelineConfig = mlc.FrozenConfigDict
 
-            self.processor = ProcessorConfig(**dict(self.processor))
-        if self.thinking not in (True, False, None, "standard", "thinking", "thinking_all_turns"):
-            raise ValueError(
-                f"PipelineConfig.thinking must be a bool or 'standard' | 'thinking' | 'thinking_all_turns', "
-                f"got {self.thinking!r}"
-            )
-        if self.video_token_budget is not None and self.video_token_budget <= 0:
-            raise ValueError(
-                f"PipelineConfig.video_token_budget must be positive, got {self.video_token_budget}"
-            )
-        if self.default_video_fps <= 0:
-            raise ValueError("PipelineConfig.default_video_fps must be positive")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PipelineConfig:
-        """From a dict or ml_collections ConfigDict; an unknown key fails, naming it."""
-        if hasattr(d, "to_dict"):
-            d = d.to_dict()
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown PipelineConfig keys {unknown}; valid keys are {sorted(fields)}")
-        return cls(**dict(d))
+def get_config(overrides: Mapping[str, Any] | mlc.ConfigDict | None = None, **kw: Any) -> PipelineConfig:
+    """The validated, frozen pipeline config: `base_config()` with `overrides` and `kw` (any subset of
+    its keys, `processor` merged key by key; an unknown key fails naming it)."""
+    c = merge(merge(base_config(), overrides, "pipeline"), kw, "pipeline")
+    validate(c)
+    return mlc.FrozenConfigDict(c)
 
-    def packing_config(self, pad_id: int = 0) -> PackingConfig:
-        return PackingConfig(
-            seq_len=self.seq_len,
-            batch_size=self.batch_size,
-            max_patches=self.max_patches,
-            max_grids=self.max_grids,
-            loss_normalization=self.loss_normalization,
-            pad_id=pad_id if self.pad_id is None else self.pad_id,
-            buffer_factor=self.buffer_factor,
-            max_buffer_samples=self.max_buffer_samples,
-            patch_dim=int(getattr(self.processor, "patch_dim", 1536)),
-        )
+
+def validate(c: mlc.ConfigDict, where: str = "pipeline") -> None:
+    """Fails with a message naming the key (`where.key`) when a key is unknown or missing or a value is invalid."""
+    check_keys(c, base_config(), where)
+    packing_lib.check_values(c, where)
+    processor_lib.validate(c.processor, f"{where}.processor")
+    for name in ("worker_count", "read_threads", "log_skipped"):
+        if c[name] < 0:
+            raise ValueError(f"{where}.{name} must be >= 0, got {c[name]}")
+    for name in ("worker_buffer_size", "read_buffer_size"):
+        if c[name] < 1:
+            raise ValueError(f"{where}.{name} must be >= 1, got {c[name]}")
+    if c.on_error not in ("skip", "raise"):
+        raise ValueError(f"{where}.on_error must be 'skip' or 'raise', got {c.on_error!r}")
+    if c.num_epochs is not None and c.num_epochs <= 0:
+        raise ValueError(f"{where}.num_epochs must be positive or None, got {c.num_epochs}")
+    if (c.shard_index is None) != (c.shard_count is None):
+        raise ValueError(f"{where}.shard_index and shard_count must be given together")
+    if c.shard_count is not None and not 0 <= c.shard_index < c.shard_count:
+        raise ValueError(f"{where}.shard_index {c.shard_index} not in [0, {c.shard_count})")
+    if c.thinking not in THINKING_FORMATS:
+        raise ValueError(f"{where}.thinking must be one of {THINKING_FORMATS}, got {c.thinking!r}")
+    if c.video_token_budget is not None and c.video_token_budget <= 0:
+        raise ValueError(f"{where}.video_token_budget must be positive, got {c.video_token_budget}")
+    if c.default_video_fps <= 0:
+        raise ValueError(f"{where}.default_video_fps must be positive, got {c.default_video_fps}")
+
+
+def packing_config(config: PipelineConfig, pad_id: int) -> packing_lib.PackingConfig:
+    """The packer's config: the pipeline's packing keys, the processor's ``patch_dim`` and ``pad_id``
+    (the resolved ``config.pad_id``)."""
+    keys = [k for k in packing_lib.base_config().keys() if k in config and k != "pad_id"]
+    return packing_lib.get_config({k: config[k] for k in keys}, pad_id=pad_id, patch_dim=config.processor.patch_dim)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,7 +194,7 @@ def _has_content(content: Any) -> bool:
     return False
 
 
-def _visual_order(input_ids: np.ndarray, image_id: int, video_id: int, video_t: Sequence[int]) -> list:
+def visual_order(input_ids: np.ndarray, image_id: int, video_id: int, video_t: Sequence[int]) -> list:
     """[('image', i) | ('video', j)] in the order their placeholders appear (a video: its first group)."""
     ids = np.asarray(input_ids)
     prev = np.concatenate([[-1], ids[:-1]])
@@ -250,6 +231,236 @@ def _tokens_of(grid: Sequence[int], merge: int = 2) -> int:
     return t * h * w // (merge * merge)
 
 
+def _empty_vision(patch_dim: int) -> dict[str, np.ndarray]:
+    return {"pixel_values": np.zeros((0, patch_dim), np.float32), "grid_thw": np.zeros((0, 3), np.int32)}
+
+
+def _tokenize_text(text: Any, tokenizer: Any, config: PipelineConfig, sid: Any) -> dict[str, np.ndarray]:
+    """A plain-text sample: its tokens + ``<|endoftext|>``, every one supervised, 1-D positions."""
+    if not isinstance(text, str) or not text.strip():
+        raise SampleError("empty_conversation", f"sample {sid}: empty text")
+    ids = np.asarray(list(tokenizer.encode(text)) + [_special_id(tokenizer, END_OF_TEXT)], np.int32)
+    if len(ids) > config.seq_len:
+        raise SampleError("too_long", f"sample {sid}: {len(ids)} tokens > seq_len {config.seq_len}")
+    pos = np.broadcast_to(np.arange(len(ids), dtype=np.int32), (3, len(ids))).copy()
+    return {"input_ids": ids, "loss_mask": np.ones(len(ids), bool), "position_ids": pos}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Conversation:
+    """A checked conversation sample: messages, decoded visuals, the image grids and the video rates."""
+
+    sid: Any
+    messages: list
+    tools: Any
+    images: list[np.ndarray]
+    videos: list[dict]
+    image_grids: list[tuple[int, int, int]]
+    fps: list[float]
+
+
+def _check_conversation(sample: Mapping[str, Any], config: PipelineConfig, pcfg: Any, sid: Any) -> _Conversation:
+    """The sample's conversation, checked: an assistant turn with content, one visual per placeholder,
+    at most ``max_grids`` visuals, no empty or too elongated image / video. Plans the image grids."""
+    from vlm_jax.data import processor as proc
+
+    messages = sample.get("messages") or []
+    if not messages:
+        raise SampleError("empty_conversation", f"sample {sid}: no messages")
+    if not any(
+        m.get("role") == "assistant"
+        and (_has_content(m.get("content")) or m.get("reasoning") or m.get("tool_calls"))
+        for m in messages
+    ):
+        raise SampleError("empty_conversation", f"sample {sid}: no assistant turn with content")
+    images = [np.asarray(i) for i in sample.get("images") or []]
+    videos = list(sample.get("videos") or [])
+    n_img, n_vid = sources_lib.count_visuals(messages)
+    if n_img != len(images) or n_vid != len(videos):
+        raise SampleError(
+            "placeholder_mismatch",
+            f"sample {sid}: {n_img} image and {n_vid} video placeholders but {len(images)} images "
+            f"and {len(videos)} videos",
+        )
+    if len(images) + len(videos) > config.max_grids:
+        raise SampleError(
+            "too_many_visuals",
+            f"sample {sid}: {len(images) + len(videos)} images/videos > max_grids {config.max_grids}",
+        )
+    max_ratio = float(getattr(proc, "MAX_ASPECT_RATIO", 200))
+    image_grids = []
+    for k, img in enumerate(images):
+        _check_visual_size(img.shape[0], img.shape[1], f"sample {sid} image {k}", max_ratio)
+        image_grids.append(tuple(int(v) for v in proc.image_grid_thw(img.shape[0], img.shape[1], pcfg)))
+    fps = []
+    for k, v in enumerate(videos):
+        frames = v["frames"]
+        _check_visual_size(frames.shape[1], frames.shape[2], f"sample {sid} video {k}", max_ratio)
+        fps.append(float(v.get("fps") or config.default_video_fps))
+    return _Conversation(sid, messages, sample.get("tools"), images, videos, image_grids, fps)
+
+
+def _plan_videos(conv: _Conversation, budgets: Sequence[int | None], pcfg: Any) -> tuple[list, list]:
+    """(grid, frame timestamps) of every video under its visual-token budget (None: the processor's)."""
+    from vlm_jax.data import processor as proc
+
+    grids, stamps = [], []
+    for k, (v, budget) in enumerate(zip(conv.videos, budgets)):
+        t_, h_, w_ = v["frames"].shape[:3]
+        try:
+            idx, rh, rw = proc.plan_video(t_, h_, w_, conv.fps[k], pcfg, budget)
+        except ValueError as e:
+            raise SampleError("too_long", f"sample {conv.sid} video {k}: {e}") from e
+        grids.append((-(-len(idx) // pcfg.temporal_patch_size), rh // pcfg.patch_size, rw // pcfg.patch_size))
+        stamps.append(proc.frame_timestamps(idx, conv.fps[k], pcfg.temporal_patch_size))
+    return grids, stamps
+
+
+def _tokenize_messages(conv: _Conversation, tokenizer: Any, config: PipelineConfig, pcfg: Any, video_grids: list,
+                       video_stamps: list, index: int) -> dict:
+    """The chat template's tokens and loss mask for the planned grids (``ValueError`` -> ``SampleError``)."""
+    from vlm_jax.data.chat_template import tokenize_conversation
+
+    try:
+        return tokenize_conversation(
+            conv.messages,
+            tokenizer,
+            conv.image_grids,
+            video_grids,
+            video_stamps,
+            config.thinking,
+            tools=conv.tools,
+            add_vision_id=config.add_vision_id,
+            merge_size=pcfg.merge_size,
+            timestamp_format=pcfg.timestamp_format,
+            rng=np.random.default_rng([config.seed, int(index)]),
+            sample_id=str(conv.sid),
+        )
+    except ValueError as e:
+        msg = str(e)
+        reason = "placeholder_mismatch" if "placeholder" in msg else "bad_format"
+        raise SampleError(reason, msg) from e
+
+
+def _first_video_budgets(config: PipelineConfig, n_videos: int, image_patches: int, merge: int) -> list[int | None]:
+    """``video_token_budget`` per video; with ``fit_videos``, at most an equal share of the vision buffer
+    left after the images (4 patches per token)."""
+    budgets: list[int | None] = [config.video_token_budget] * n_videos
+    if n_videos and config.fit_videos:
+        room = (config.max_patches - image_patches) // (merge * merge)
+        if room >= n_videos:
+            share = room // n_videos
+            budgets = [min(b, share) if b is not None else share for b in budgets]
+    return budgets
+
+
+def _shrunk_video_budgets(video_grids: Sequence[Sequence[int]], n_tokens: int, seq_len: int, merge: int
+                          ) -> list[int] | None:
+    """Length-adaptive sampling: budgets that take the overflow over ``seq_len`` out of the videos, in
+    proportion to their size; None when the videos cannot give that much."""
+    counts = [_tokens_of(g, merge) for g in video_grids]
+    total = sum(counts)
+    room = total - (n_tokens - seq_len)
+    if room < len(video_grids):
+        return None
+    return [max(1, c * room // total) for c in counts]
+
+
+def _fit_videos(conv: _Conversation, tokenizer: Any, config: PipelineConfig, pcfg: Any, image_patches: int,
+                index: int) -> tuple[list, list, dict]:
+    """(video budgets, video grids, tokens): the videos planned, then (``fit_videos``) shrunk up to 4
+    times until the sample fits ``seq_len``."""
+    budgets = _first_video_budgets(config, len(conv.videos), image_patches, pcfg.merge_size)
+    video_grids, video_stamps = _plan_videos(conv, budgets, pcfg)
+    tok = _tokenize_messages(conv, tokenizer, config, pcfg, video_grids, video_stamps, index)
+    for _ in range(4):
+        n = len(tok["input_ids"])
+        if not (n > config.seq_len and conv.videos and config.fit_videos):
+            break
+        shrunk = _shrunk_video_budgets(video_grids, n, config.seq_len, pcfg.merge_size)
+        if shrunk is None:
+            break
+        budgets = shrunk
+        video_grids, video_stamps = _plan_videos(conv, budgets, pcfg)
+        tok = _tokenize_messages(conv, tokenizer, config, pcfg, video_grids, video_stamps, index)
+    return budgets, video_grids, tok
+
+
+def _check_fits(conv: _Conversation, tok: Mapping, n_patches: int, config: PipelineConfig
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, loss_mask) of a sample within ``seq_len`` and the vision buffer, with supervised tokens."""
+    n = len(tok["input_ids"])
+    if n > config.seq_len:
+        raise SampleError("too_long", f"sample {conv.sid}: {n} tokens > seq_len {config.seq_len}")
+    if n_patches > config.max_patches:
+        raise SampleError(
+            "too_many_patches",
+            f"sample {conv.sid}: {n_patches} patches > vision buffer max_patches {config.max_patches}",
+        )
+    ids = np.asarray(tok["input_ids"], np.int32).reshape(-1)
+    loss_mask = np.asarray(tok["loss_mask"], bool).reshape(-1)
+    if not loss_mask[1:].any():
+        raise SampleError("empty_conversation", f"sample {conv.sid}: no supervised tokens")
+    return ids, loss_mask
+
+
+def _process_visuals(conv: _Conversation, budgets: Sequence[int | None], video_grids: Sequence, pcfg: Any
+                     ) -> dict[str, list[dict]]:
+    """Pixels of the images and videos ({"image": [...], "video": [...]}), each checked against its planned grid."""
+    from vlm_jax.data import processor as proc
+
+    outs = {
+        "image": [proc.process_image(img, pcfg) for img in conv.images],
+        "video": [proc.process_video(v["frames"], conv.fps[k], pcfg, token_budget=budgets[k])
+                  for k, v in enumerate(conv.videos)],
+    }
+    for kind, grids in (("image", conv.image_grids), ("video", video_grids)):
+        for k, (o, g) in enumerate(zip(outs[kind], grids)):
+            if tuple(np.asarray(o["grid_thw"]).reshape(3).tolist()) != tuple(g):
+                raise SampleError(
+                    "processing_error",
+                    f"sample {conv.sid} {kind} {k}: planned grid {g} but the "
+                    f"processor gave {np.asarray(o['grid_thw']).reshape(3).tolist()}",
+                )
+    return outs
+
+
+def _vision_in_placeholder_order(conv: _Conversation, ids: np.ndarray, outs: Mapping[str, list[dict]],
+                                 video_grids: Sequence, image_id: int, video_id: int, patch_dim: int
+                                 ) -> dict[str, np.ndarray]:
+    """``pixel_values`` and ``grid_thw`` of the visuals in the order their placeholders appear."""
+    order = visual_order(ids, image_id, video_id, [g[0] for g in video_grids])
+    expected = [("image", i) for i in range(len(conv.images))] + [("video", j) for j in range(len(conv.videos))]
+    if sorted(order) != sorted(expected):
+        raise SampleError("placeholder_mismatch", f"sample {conv.sid}: placeholder tokens do not match the visuals")
+    if not order:
+        return _empty_vision(patch_dim)
+    return {
+        "pixel_values": np.concatenate([np.asarray(outs[kind][i]["pixel_values"], np.float32) for kind, i in order]),
+        "grid_thw": np.concatenate([np.asarray(outs[kind][i]["grid_thw"], np.int32).reshape(1, 3)
+                                    for kind, i in order]),
+    }
+
+
+def _position_ids(conv: _Conversation, ids: np.ndarray, video_grids: Sequence, image_id: int, video_id: int,
+                  merge: int) -> np.ndarray:
+    """MRoPE positions int32 [3, L] of this sample alone (``get_rope_index``)."""
+    from vlm_jax.model.rope import get_rope_index
+
+    try:
+        position_ids, _ = get_rope_index(
+            ids[None],
+            np.asarray(conv.image_grids, np.int32).reshape(-1, 3) if conv.images else None,
+            np.asarray(video_grids, np.int32).reshape(-1, 3) if conv.videos else None,
+            image_token_id=image_id,
+            video_token_id=video_id,
+            spatial_merge_size=merge,
+        )
+    except ValueError as e:
+        raise SampleError("placeholder_mismatch", f"sample {conv.sid}: {e}") from e
+    return np.asarray(position_ids[:, 0], np.int32)
+
+
 def tokenize_sample(
     sample: Mapping[str, Any],
     tokenizer: Any,
@@ -273,183 +484,28 @@ def tokenize_sample(
     Raises ``SampleError`` (a reason of ``sources.SKIP_REASONS``) for a bad or non-fitting sample.
     """
     from vlm_jax.data import processor as proc
-    from vlm_jax.data.chat_template import tokenize_conversation
-    from vlm_jax.model.rope import get_rope_index
 
     pcfg = processor_config if processor_config is not None else config.processor
     if pcfg is None:
         pcfg = proc.ProcessorConfig()
-    merge = pcfg.merge_size
     sid = sample.get("id", "?")
-    patch_dim = pcfg.patch_dim
-    empty_vision = {
-        "pixel_values": np.zeros((0, patch_dim), np.float32),
-        "grid_thw": np.zeros((0, 3), np.int32),
-    }
-
     if "messages" not in sample and "text" in sample:  # plain text: trained on every token
-        text = sample["text"]
-        if not isinstance(text, str) or not text.strip():
-            raise SampleError("empty_conversation", f"sample {sid}: empty text")
-        ids = np.asarray(list(tokenizer.encode(text)) + [_special_id(tokenizer, END_OF_TEXT)], np.int32)
-        if len(ids) > config.seq_len:
-            raise SampleError("too_long", f"sample {sid}: {len(ids)} tokens > seq_len {config.seq_len}")
-        pos = np.broadcast_to(np.arange(len(ids), dtype=np.int32), (3, len(ids))).copy()
-        return {
-            "input_ids": ids,
-            "loss_mask": np.ones(len(ids), bool),
-            "position_ids": pos,
-            "task_id": int(task_id),
-            **empty_vision,
-        }
+        text = _tokenize_text(sample["text"], tokenizer, config, sid)
+        return {**text, "task_id": int(task_id), **_empty_vision(pcfg.patch_dim)}
 
-    messages = sample.get("messages") or []
-    if not messages:
-        raise SampleError("empty_conversation", f"sample {sid}: no messages")
-    if not any(
-        m.get("role") == "assistant"
-        and (_has_content(m.get("content")) or m.get("reasoning") or m.get("tool_calls"))
-        for m in messages
-    ):
-        raise SampleError("empty_conversation", f"sample {sid}: no assistant turn with content")
-    images = [np.asarray(i) for i in sample.get("images") or []]
-    videos = list(sample.get("videos") or [])
-    n_img, n_vid = sources_lib._count_visuals(messages)
-    if n_img != len(images) or n_vid != len(videos):
-        raise SampleError(
-            "placeholder_mismatch",
-            f"sample {sid}: {n_img} image and {n_vid} video placeholders but {len(images)} images "
-            f"and {len(videos)} videos",
-        )
-    if len(images) + len(videos) > config.max_grids:
-        raise SampleError(
-            "too_many_visuals",
-            f"sample {sid}: {len(images) + len(videos)} images/videos > max_grids {config.max_grids}",
-        )
-    max_ratio = float(getattr(proc, "MAX_ASPECT_RATIO", 200))
-    image_grids = []
-    for k, img in enumerate(images):
-        _check_visual_size(img.shape[0], img.shape[1], f"sample {sid} image {k}", max_ratio)
-        image_grids.append(tuple(int(v) for v in proc.image_grid_thw(img.shape[0], img.shape[1], pcfg)))
-    fps = []
-    for k, v in enumerate(videos):
-        frames = v["frames"]
-        _check_visual_size(frames.shape[1], frames.shape[2], f"sample {sid} video {k}", max_ratio)
-        fps.append(float(v.get("fps") or config.default_video_fps))
-
-    def plan(budgets: Sequence[int | None]) -> tuple[list, list]:
-        grids, stamps = [], []
-        for k, (v, budget) in enumerate(zip(videos, budgets)):
-            t_, h_, w_ = v["frames"].shape[:3]
-            try:
-                idx, rh, rw = proc.plan_video(t_, h_, w_, fps[k], pcfg, budget)
-            except ValueError as e:
-                raise SampleError("too_long", f"sample {sid} video {k}: {e}") from e
-            grids.append(
-                (-(-len(idx) // pcfg.temporal_patch_size), rh // pcfg.patch_size, rw // pcfg.patch_size)
-            )
-            stamps.append(proc.frame_timestamps(idx, fps[k], pcfg.temporal_patch_size))
-        return grids, stamps
-
-    def tokens(video_grids, video_stamps) -> dict:
-        try:
-            return tokenize_conversation(
-                messages,
-                tokenizer,
-                image_grids,
-                video_grids,
-                video_stamps,
-                config.thinking,
-                tools=sample.get("tools"),
-                add_vision_id=config.add_vision_id,
-                merge_size=merge,
-                timestamp_format=pcfg.timestamp_format,
-                rng=np.random.default_rng([config.seed, int(index)]),
-                sample_id=str(sid),
-            )
-        except ValueError as e:
-            msg = str(e)
-            reason = "placeholder_mismatch" if "placeholder" in msg else "bad_format"
-            raise SampleError(reason, msg) from e
-
-    image_patches = sum(int(np.prod(g)) for g in image_grids)
-    budgets: list[int | None] = [config.video_token_budget] * len(videos)
-    if videos and config.fit_videos:
-        # The vision buffer bounds the video tokens from the start (4 patches per token).
-        room = (config.max_patches - image_patches) // (merge * merge)
-        if room >= len(videos):
-            budgets = [min(b, room // len(videos)) if b is not None else room // len(videos) for b in budgets]
-    video_grids, video_stamps = plan(budgets)
-    tok = tokens(video_grids, video_stamps)
-    n = len(tok["input_ids"])
-    for _ in range(4):
-        if not (n > config.seq_len and videos and config.fit_videos):
-            break
-        # Length-adaptive sampling: take the overflow out of the videos, in proportion to their size.
-        counts = [_tokens_of(g, merge) for g in video_grids]
-        total = sum(counts)
-        room = total - (n - config.seq_len)
-        if room < len(videos):
-            break
-        budgets = [max(1, c * room // total) for c in counts]
-        video_grids, video_stamps = plan(budgets)
-        tok = tokens(video_grids, video_stamps)
-        n = len(tok["input_ids"])
-    if n > config.seq_len:
-        raise SampleError("too_long", f"sample {sid}: {n} tokens > seq_len {config.seq_len}")
+    conv = _check_conversation(sample, config, pcfg, sid)
+    image_patches = sum(int(np.prod(g)) for g in conv.image_grids)
+    budgets, video_grids, tok = _fit_videos(conv, tokenizer, config, pcfg, image_patches, index)
     n_patches = image_patches + sum(int(np.prod(g)) for g in video_grids)
-    if n_patches > config.max_patches:
-        raise SampleError(
-            "too_many_patches",
-            f"sample {sid}: {n_patches} patches > vision buffer max_patches {config.max_patches}",
-        )
-    ids = np.asarray(tok["input_ids"], np.int32).reshape(-1)
-    loss_mask = np.asarray(tok["loss_mask"], bool).reshape(-1)
-    if not loss_mask[1:].any():
-        raise SampleError("empty_conversation", f"sample {sid}: no supervised tokens")
-
-    # Pixels, only now that the sample is known to fit.
-    image_out = [proc.process_image(img, pcfg) for img in images]
-    video_out = [
-        proc.process_video(v["frames"], fps[k], pcfg, token_budget=budgets[k]) for k, v in enumerate(videos)
-    ]
-    for kind, outs, grids in (("image", image_out, image_grids), ("video", video_out, video_grids)):
-        for k, (o, g) in enumerate(zip(outs, grids)):
-            if tuple(np.asarray(o["grid_thw"]).reshape(3).tolist()) != tuple(g):
-                raise SampleError(
-                    "processing_error",
-                    f"sample {sid} {kind} {k}: planned grid {g} but the "
-                    f"processor gave {np.asarray(o['grid_thw']).reshape(3).tolist()}",
-                )
-
-    image_id = _special_id(tokenizer, IMAGE_PAD)
-    video_id = _special_id(tokenizer, VIDEO_PAD)
-    order = _visual_order(ids, image_id, video_id, [g[0] for g in video_grids])
-    expected = [("image", i) for i in range(len(images))] + [("video", j) for j in range(len(videos))]
-    if sorted(order) != sorted(expected):
-        raise SampleError(
-            "placeholder_mismatch", f"sample {sid}: placeholder tokens do not match the visuals"
-        )
-    outs = {"image": image_out, "video": video_out}
-    pixel_values = [np.asarray(outs[kind][i]["pixel_values"], np.float32) for kind, i in order]
-    grid_thw = [np.asarray(outs[kind][i]["grid_thw"], np.int32).reshape(1, 3) for kind, i in order]
-    try:
-        position_ids, _ = get_rope_index(
-            ids[None],
-            np.asarray(image_grids, np.int32).reshape(-1, 3) if images else None,
-            np.asarray(video_grids, np.int32).reshape(-1, 3) if videos else None,
-            image_token_id=image_id,
-            video_token_id=video_id,
-            spatial_merge_size=merge,
-        )
-    except ValueError as e:
-        raise SampleError("placeholder_mismatch", f"sample {sid}: {e}") from e
+    ids, loss_mask = _check_fits(conv, tok, n_patches, config)
+    outs = _process_visuals(conv, budgets, video_grids, pcfg)  # pixels only now that the sample fits
+    image_id, video_id = _special_id(tokenizer, IMAGE_PAD), _special_id(tokenizer, VIDEO_PAD)
+    vision = _vision_in_placeholder_order(conv, ids, outs, video_grids, image_id, video_id, pcfg.patch_dim)
     return {
         "input_ids": ids,
         "loss_mask": loss_mask,
-        "position_ids": np.asarray(position_ids[:, 0], np.int32),
-        "pixel_values": np.concatenate(pixel_values) if pixel_values else empty_vision["pixel_values"],
-        "grid_thw": np.concatenate(grid_thw) if grid_thw else empty_vision["grid_thw"],
+        "position_ids": _position_ids(conv, ids, video_grids, image_id, video_id, pcfg.merge_size),
+        **vision,
         "task_id": int(task_id),
     }
 
@@ -526,9 +582,10 @@ def _shard(config: PipelineConfig) -> tuple[int, int]:
 
 def _resolve_source(source: Any, config: PipelineConfig) -> Any:
     if isinstance(source, Mapping):
-        return sources_lib.MixtureSource(source, config.weights, seed=config.seed)
+        weights = config.weights.to_dict() if config.weights is not None else None
+        return sources_lib.MixtureSource(source, weights, seed=config.seed)
     if config.weights is not None:
-        raise ValueError("PipelineConfig.weights needs a mapping of named sources")
+        raise ValueError("pipeline.weights needs a mapping of named sources")
     return source
 
 
@@ -554,7 +611,7 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def default_task_names(source: Any) -> tuple[str, ...]:
-    """Task names used when ``PipelineConfig.task_names`` is None.
+    """Task names used when the config's ``task_names`` is None.
 
     A ``MixtureSource``: its source names followed by the tasks of synthetic worlds inside it;
     a ``SyntheticSource``: its world's tasks; otherwise none (every task id 0).
@@ -592,7 +649,7 @@ def build_dataset(source: Any, tokenizer: Any, config: PipelineConfig) -> grain.
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer_size)
     )
-    it_ds = PackIterDataset(it_ds, config.packing_config(_pad_id(tokenizer, config)))
+    it_ds = PackIterDataset(it_ds, packing_config(config, _pad_id(tokenizer, config)))
     if config.worker_count > 0:
         _ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(
@@ -612,7 +669,7 @@ def suggest_vision_buffer(
     1024 / 16) such that a batch full of tokens in the measured proportion fits, times ``headroom``.
     """
     source = _resolve_source(source, config)
-    proc = SampleProcessor(source, tokenizer, dataclasses.replace(config, on_error="skip"), ())
+    proc = SampleProcessor(source, tokenizer, get_config(config, on_error="skip"), ())
     rng = np.random.default_rng(config.seed)
     idx = rng.choice(len(source), size=min(num_samples, len(source)), replace=False)
     tokens = patches = grids = n = 0
@@ -720,13 +777,11 @@ class Pipeline:
 
     ``source``: a random-access source (or a mapping name -> source, mixed by ``config.weights``).
     ``tokenizer``: a ``vlm_jax.data.tokenizer`` Tokenizer or the path of its JSON file.
+    ``config``: a pipeline config (``get_config``) or the keys to override in ``base_config()``.
     """
 
-    def __init__(self, source: Any, tokenizer: Any, config: PipelineConfig | Mapping[str, Any] | None = None):
-        if config is None:
-            config = PipelineConfig()
-        elif not isinstance(config, PipelineConfig):
-            config = PipelineConfig.from_dict(config)
+    def __init__(self, source: Any, tokenizer: Any, config: Mapping[str, Any] | mlc.ConfigDict | None = None):
+        config = get_config(config)
         self.config = config
         self.dataset = build_dataset(source, tokenizer, config)
 

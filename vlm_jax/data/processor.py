@@ -23,13 +23,16 @@ The normalisation follows the same backend (HF's two backends round differently 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import ml_collections as mlc
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vlm_jax.configs.validate import check_keys, merge
 
 RESAMPLE_BACKENDS = ("pil", "torch")
 TIMESTAMP_FORMATS = ("seconds", "hms", "random")
@@ -37,73 +40,86 @@ TIMESTAMP_FORMATS = ("seconds", "hms", "random")
 MAX_ASPECT_RATIO = 200
 
 
-@dataclasses.dataclass(frozen=True)
-class ProcessorConfig:
-    """Settings of the Qwen3-VL image and video processors (defaults: the released checkpoints')."""
+def base_config() -> mlc.ConfigDict:
+    """Every processor key, with the released checkpoints' settings.
 
-    patch_size: int = 16
-    temporal_patch_size: int = 2
-    merge_size: int = 2
+    `factor` and `patch_dim` are derived (ml_collections references: they follow the patch keys) and
+    are not set; `validate` fails when they disagree with the keys they come from.
+    """
+    c = mlc.ConfigDict()
+    c.patch_size = 16
+    c.temporal_patch_size = 2
+    c.merge_size = 2
     # Image pixel budget (preprocessor_config.json `size`): 256*256 .. 4096*4096 pixels,
     # i.e. 64 .. 16384 visual tokens of 32x32 pixels.
-    min_pixels: int = 65536
-    max_pixels: int = 16777216
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    rescale_factor: float = 1 / 255
-    image_resample: str = "pil"
-    video_resample: str = "torch"
+    c.min_pixels = 65536
+    c.max_pixels = 16777216
+    c.image_mean = (0.5, 0.5, 0.5)
+    c.image_std = (0.5, 0.5, 0.5)
+    c.rescale_factor = 1 / 255
+    c.image_resample = "pil"  # "pil" | "torch" (see the module docstring)
+    c.video_resample = "torch"
     # Video pixel budget (video_preprocessor_config.json `size`), over all sampled frames together.
-    video_min_pixels: int = 4096
-    video_max_pixels: int = 25165824
-    video_fps: float = 2.0  # target sampling rate
-    video_min_frames: int = 4
-    video_max_frames: int = 768
+    c.video_min_pixels = 4096
+    c.video_max_pixels = 25165824
+    c.video_fps = 2.0  # target sampling rate
+    c.video_min_frames = 4
+    c.video_max_frames = 768
     # HF's `cap_pixels_per_frame` (qwen-vl-utils behaviour): limit each frame to
     # `video_max_tokens_per_frame` tokens and to its share of `video_max_pixels`.
-    video_cap_pixels_per_frame: bool = False
-    video_max_tokens_per_frame: int = 768
+    c.video_cap_pixels_per_frame = False
+    c.video_max_tokens_per_frame = 768
     # Length-adaptive sampling (`token_budget`): the per-frame token floor before frames are dropped.
-    video_min_tokens_per_frame: int = 128
+    c.video_min_tokens_per_frame = 128
     # How the pipeline renders video timestamps (`tokenize_conversation(timestamp_format=...)`).
-    timestamp_format: str = "seconds"
-
-    def __post_init__(self):
-        for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels",
-                     "video_min_pixels", "video_max_pixels", "video_min_frames", "video_max_frames",
-                     "video_max_tokens_per_frame", "video_min_tokens_per_frame"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ProcessorConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"ProcessorConfig.min_pixels ({self.min_pixels}) > max_pixels "
-                             f"({self.max_pixels})")
-        if self.video_min_frames > self.video_max_frames:
-            raise ValueError(f"ProcessorConfig.video_min_frames ({self.video_min_frames}) > video_max_frames "
-                             f"({self.video_max_frames})")
-        if self.video_fps <= 0:
-            raise ValueError(f"ProcessorConfig.video_fps must be positive, got {self.video_fps}")
-        for name in ("image_resample", "video_resample"):
-            if getattr(self, name) not in RESAMPLE_BACKENDS:
-                raise ValueError(f"ProcessorConfig.{name} must be one of {RESAMPLE_BACKENDS}, "
-                                 f"got {getattr(self, name)!r}")
-        if self.timestamp_format not in TIMESTAMP_FORMATS:
-            raise ValueError(f"ProcessorConfig.timestamp_format must be one of {TIMESTAMP_FORMATS}, "
-                             f"got {self.timestamp_format!r}")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError("ProcessorConfig.image_mean and image_std need 3 values (R, G, B)")
-
-    @property
-    def factor(self) -> int:
-        """Side of one visual token in pixels (patch_size * merge_size = 32)."""
-        return self.patch_size * self.merge_size
-
-    @property
-    def patch_dim(self) -> int:
-        """Length of a flattened patch: 3 * temporal_patch_size * patch_size**2 (1536)."""
-        return 3 * self.temporal_patch_size * self.patch_size**2
+    c.timestamp_format = "seconds"  # "seconds" | "hms" | "random"
+    c.factor = c.get_ref("patch_size") * c.get_ref("merge_size")  # side of one visual token in pixels (32)
+    c.patch_dim = 3 * c.get_ref("temporal_patch_size") * c.get_ref("patch_size") ** 2  # values per patch (1536)
+    return c
 
 
-DEFAULT_CONFIG = ProcessorConfig()
+# A built processor config (`get_config`): what the functions below take.
+ProcessorConfig = mlc.FrozenConfigDict
+
+
+def get_config(overrides: Mapping[str, Any] | mlc.ConfigDict | None = None, **kw: Any) -> ProcessorConfig:
+    """The validated, frozen processor config: `base_config()` with `overrides` and `kw` (any subset of
+    its keys; an unknown key fails naming it)."""
+    c = merge(merge(base_config(), overrides, "processor"), kw, "processor")
+    validate(c)
+    return mlc.FrozenConfigDict(c)
+
+
+def validate(c: mlc.ConfigDict, where: str = "processor") -> None:
+    """Fails with a message naming the key (`where.key`) when a key is unknown or missing or a value is invalid."""
+    check_keys(c, base_config(), where)
+    for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels",
+                 "video_min_pixels", "video_max_pixels", "video_min_frames", "video_max_frames",
+                 "video_max_tokens_per_frame", "video_min_tokens_per_frame"):
+        if c[name] <= 0:
+            raise ValueError(f"{where}.{name} must be positive, got {c[name]}")
+    if c.min_pixels > c.max_pixels:
+        raise ValueError(f"{where}.min_pixels ({c.min_pixels}) > max_pixels ({c.max_pixels})")
+    if c.video_min_frames > c.video_max_frames:
+        raise ValueError(f"{where}.video_min_frames ({c.video_min_frames}) > video_max_frames "
+                         f"({c.video_max_frames})")
+    if c.video_fps <= 0:
+        raise ValueError(f"{where}.video_fps must be positive, got {c.video_fps}")
+    for name in ("image_resample", "video_resample"):
+        if c[name] not in RESAMPLE_BACKENDS:
+            raise ValueError(f"{where}.{name} must be one of {RESAMPLE_BACKENDS}, got {c[name]!r}")
+    if c.timestamp_format not in TIMESTAMP_FORMATS:
+        raise ValueError(f"{where}.timestamp_format must be one of {TIMESTAMP_FORMATS}, got {c.timestamp_format!r}")
+    if len(c.image_mean) != 3 or len(c.image_std) != 3:
+        raise ValueError(f"{where}.image_mean and image_std need 3 values (R, G, B)")
+    derived = {"factor": (c.patch_size * c.merge_size, "patch_size * merge_size"),
+               "patch_dim": (3 * c.temporal_patch_size * c.patch_size**2, "3 * temporal_patch_size * patch_size**2")}
+    for name, (value, rule) in derived.items():
+        if c[name] != value:
+            raise ValueError(f"{where}.{name}={c[name]} is derived ({rule} = {value}); leave it unset")
+
+
+DEFAULT_CONFIG = get_config()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,13 +1,18 @@
 """The evaluation harness: items -> prompts -> batched `generate` -> decoded replies -> scores -> report.
 
-    items = tasks.load_items(["grounding", "counting"], split="eval", num_per_task=100)
-    report = evaluate(model_config, params, tokenizer, items, batch_size=8, max_new_tokens=64)
+    items = tasks.load_items(["grounding", "counting"], split="eval")   # the whole held-out split
+    report = evaluate(model_config, params, tokenizer, items, batch_size=8, max_new_tokens=64,
+                      vision_off_control=True)
     baselines = trivial_baselines(["grounding", "counting"])
     print(report.table(baselines))
 
 `predict` (generation) and `score_items` (scoring) are separate, so known replies can be scored
-without a model. Baselines are constant replies fitted on the train split (`trivial_baselines`); a
-report scores them on its own items, so the baseline column is comparable with the model's.
+without a model. Every score is reported with its item count n and a 95% interval (`stats`: Wilson
+for 0/1 scores, normal for continuous means). Baselines are constant replies fitted on the train
+split (`trivial_baselines`); a report scores them on its own items, so the baseline column is
+comparable with the model's. The vision-off control scores the same model on the same questions
+with each item's image replaced by another item's of the same task (`tasks.vision_off_donors`): a
+score that does not drop without the right image was not earned by looking.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ import tokenizers
 
 from vlm_jax.data import processor as proc
 from vlm_jax.data.synthetic import SyntheticWorld
-from vlm_jax.data.synthetic.scoring import normalize_text
 from vlm_jax.data.tokenizer import Tokenizer
-from vlm_jax.eval import metrics
+from vlm_jax.eval import metrics, stats
 from vlm_jax.eval import tasks as tasks_lib
+from vlm_jax.eval.metrics import normalize_text
 from vlm_jax.eval.tasks import FAMILIES, EvalItem
 from vlm_jax.inference import generate as generate_lib
 from vlm_jax.inference.prompt import as_processor_config, as_tokenizer, batch_prompts, build_prompt, check_budget
@@ -70,11 +75,14 @@ def _mean(xs: Sequence[float]) -> float:
 
 @dataclasses.dataclass
 class EvalReport:
-    """Scored items (`results`, in item order) and the run's settings; aggregates per family."""
+    """Scored items (`results`, in item order) and the run's settings; aggregates per family.
+    control: the vision-off control's report (the same items, images swapped), if it was run;
+    seconds: wall time of the evaluation (the control's included)."""
 
     results: list[ItemResult]
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    control: EvalReport | None = None
 
     def families(self) -> list[str]:
         """Families in order of first appearance."""
@@ -92,8 +100,14 @@ class EvalReport:
             out[fam] = row
         return out
 
+    def estimates(self) -> dict[str, stats.Estimate]:
+        """family -> the headline metric with its n and 95% interval."""
+        return {fam: stats.estimate([r.score for r in self.results if r.family == fam],
+                                    proportion=FAMILIES[fam].proportion) for fam in self.families()}
+
     def scalars(self) -> dict[str, float]:
-        """Flat "family/name" -> value (headline metric, extras, malformed fraction), for metric logs."""
+        """Flat "family/name" -> value (headline metric, extras, malformed fraction, the vision-off
+        control's headline metric), for metric logs."""
         out = {}
         for fam, row in self.tasks().items():
             for k, v in row.items():
@@ -101,44 +115,69 @@ class EvalReport:
                     out[f"{fam}/malformed_rate"] = v / max(row["n"], 1)
                 elif k != "n":
                     out[f"{fam}/{k}"] = v
+        if self.control is not None:
+            for fam, est in self.control.estimates().items():
+                out[f"{fam}/vision_off/{FAMILIES[fam].metric}"] = est.value
         return out
 
-    def baseline_scores(self, baselines: Mapping[str, Baseline]) -> dict[str, float]:
-        """The headline metric of each baseline's constant reply on this report's items."""
+    def baseline_estimates(self, baselines: Mapping[str, Baseline]) -> dict[str, stats.Estimate]:
+        """The headline metric (n, 95% interval) of each baseline's constant reply on this report's items."""
         out = {}
         for fam in self.families():
             if fam in baselines:
                 rs = [r for r in self.results if r.family == fam]
-                out[fam] = _mean([tasks_lib.score_item(fam, r.answer, baselines[fam].reply).value for r in rs])
+                values = [tasks_lib.score_item(fam, r.answer, baselines[fam].reply).value for r in rs]
+                out[fam] = stats.estimate(values, proportion=FAMILIES[fam].proportion)
         return out
 
+    def baseline_scores(self, baselines: Mapping[str, Baseline]) -> dict[str, float]:
+        """The headline metric of each baseline's constant reply on this report's items."""
+        return {fam: est.value for fam, est in self.baseline_estimates(baselines).items()}
+
     def table(self, baselines: Mapping[str, Baseline] | None = None) -> str:
-        """An aligned text table: one row per family, the baseline next to the model's score."""
-        base = self.baseline_scores(baselines) if baselines else {}
-        header = ["task", "metric", "score", *(["baseline"] if baselines else []), "n", "malformed", "extra"]
+        """An aligned text table, one row per family: task, metric, n, score [95% CI], then the
+        baseline and the vision-off control on the same items (when given / run), malformed, extras."""
+        base = self.baseline_estimates(baselines) if baselines else {}
+        control = self.control.estimates() if self.control is not None else None
+        header = ["task", "metric", "n", "score [95% CI]", *(["baseline"] if baselines else []),
+                  *(["vision-off"] if control is not None else []), "malformed", "extra"]
         rows = [header]
+        ests = self.estimates()
         for fam, row in self.tasks().items():
             metric = FAMILIES[fam].metric
             extra = "  ".join(f"{k}={v:.3f}" for k, v in row.items() if k not in (metric, "n", "malformed"))
-            cells = [fam, metric, f"{row[metric]:.3f}"]
+            cells = [fam, metric, str(row["n"]), ests[fam].format()]
             if baselines:
-                cells.append(f"{base[fam]:.3f}" if fam in base else "-")
-            rows.append([*cells, str(row["n"]), str(row["malformed"]), extra])
+                cells.append(f"{base[fam].value:.3f}" if fam in base else "-")
+            if control is not None:
+                cells.append(f"{control[fam].value:.3f}" if fam in control else "-")
+            rows.append([*cells, str(row["malformed"]), extra])
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
     def to_json(self, baselines: Mapping[str, Baseline] | None = None) -> dict[str, Any]:
-        """A JSON-able dict: per-task aggregates (with baseline scores), settings, per-item predictions."""
+        """A JSON-able dict: per-task aggregates with 95% intervals ("ci95" [low, high], "interval": the
+        method), baseline and vision-off scores on the same items (with theirs), settings, per-item
+        predictions (and the vision-off control's under "vision_off")."""
         tasks = self.tasks()
+        for fam, est in self.estimates().items():
+            tasks[fam].update(ci95=[est.low, est.high], interval=est.method)
         out: dict[str, Any] = {"tasks": tasks, "settings": dict(self.settings), "seconds": round(self.seconds, 2)}
         if baselines:
-            scores = self.baseline_scores(baselines)
-            for fam, v in scores.items():
-                tasks[fam]["baseline"] = v
-            out["baselines"] = {f: {"reply": b.reply, "description": b.description, "score": scores.get(f)}
-                                for f, b in baselines.items()}
+            ests = self.baseline_estimates(baselines)
+            for fam, est in ests.items():
+                tasks[fam].update(baseline=est.value, baseline_ci95=[est.low, est.high])
+            out["baselines"] = {f: {"reply": b.reply, "description": b.description,
+                                    "score": ests[f].value if f in ests else None} for f, b in baselines.items()}
+        if self.control is not None:
+            ctrl_rows = self.control.tasks()
+            for fam, est in self.control.estimates().items():
+                tasks[fam].update(vision_off=est.value, vision_off_ci95=[est.low, est.high],
+                                  vision_off_malformed=ctrl_rows[fam]["malformed"])
+            out["vision_off"] = {"settings": dict(self.control.settings), "seconds": round(self.control.seconds, 2),
+                                 "predictions": [dataclasses.asdict(r) for r in self.control.results]}
         out["predictions"] = [dataclasses.asdict(r) for r in self.results]
         return _jsonable(out)
 
@@ -227,14 +266,27 @@ def evaluate(model_config: mlc.ConfigDict, params: Any, tokenizer: Tokenizer | t
              items: Sequence[EvalItem], *, batch_size: int = 8, max_new_tokens: int = 64,
              preset: str | None = "greedy", thinking: bool = False,
              processor: proc.ProcessorConfig | Mapping | None = None, progress: bool = False,
-             seed: int = 0) -> EvalReport:
-    """Generates replies for `items` (see `predict`) and scores them (`score_items`)."""
-    t0 = time.perf_counter()
-    replies = predict(model_config, params, tokenizer, items, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                      preset=preset, thinking=thinking, processor=processor, progress=progress, seed=seed)
-    settings = {"model": model_config.get("name", ""), "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                "preset": preset or "greedy", "thinking": thinking, "seed": seed}
-    return score_items(items, replies, settings=settings, seconds=time.perf_counter() - t0)
+             seed: int = 0, vision_off_control: bool = False) -> EvalReport:
+    """Generates replies for `items` (see `predict`) and scores them (`score_items`).
+
+    vision_off_control: also generate for `tasks.vision_off_items(items)` (each item with another
+    item's images / videos of its task) and score those replies against the original answers, as
+    `report.control` (its settings record each item's donor index)."""
+    def run(its: Sequence[EvalItem], extra: Mapping[str, Any]) -> EvalReport:
+        t0 = time.perf_counter()
+        replies = predict(model_config, params, tokenizer, its, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          preset=preset, thinking=thinking, processor=processor, progress=progress, seed=seed)
+        settings = {"model": model_config.get("name", ""), "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                    "preset": preset or "greedy", "thinking": thinking, "seed": seed, **extra}
+        return score_items(its, replies, settings=settings, seconds=time.perf_counter() - t0)
+
+    report = run(items, {"vision_off_control": vision_off_control})
+    if vision_off_control:
+        donors = tasks_lib.vision_off_donors(items)
+        report.control = run(tasks_lib.vision_off_items(items, donors),
+                             {"donors": donors, "swapped": sum(d != k for k, d in enumerate(donors))})
+        report.seconds += report.control.seconds
+    return report
 
 
 # ----------------------------------------------------------------------------- baselines

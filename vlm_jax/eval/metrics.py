@@ -1,4 +1,9 @@
-"""Scoring one model reply against one reference: pure functions that never raise on model text.
+"""Scoring one model reply against one ground truth: pure functions that never raise on model text.
+
+The single home of answer parsing and scoring, used by the evaluation harness (`eval.tasks.score_item`
+picks a metric per task family), the synthetic world's self-checks (`score`: the reference reply of
+every sample scores 1) and RL rewards (`score_answer(answer, reply).value`, with `.malformed` as a
+format signal). Every function is a pure function of (reply text, ground truth).
 
 Every metric returns a `Score`: `value` in [0, 1], `malformed` (the reply could not be parsed into
 the expected kind of answer: no box, no number, no option, an empty reply) and `extras` (e.g. the IoU
@@ -7,6 +12,11 @@ of the predicted box, the character error rate). A malformed reply scores 0; the
 Replies are model text: anything may come back (garbage, truncated JSON, NaN, 5000-digit numbers,
 deeply nested brackets), so every parse failure becomes "not found". Coordinates are Qwen3-VL's
 relative [0, 1000] units.
+
+`score_answer` picks the rule from the ground truth's keys, first match wins: `count` (last integer or
+number word), `time` (first number within the answer's `tolerance`), `value` (last integer),
+`point_2d` (inside `bbox_2d` when given, else within `radius`), `bbox_2d` (IoU >= 0.5), `text`
+(`text_match`). Only the text after the last `</think>` is scored.
 """
 
 from __future__ import annotations
@@ -21,11 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from vlm_jax.data.synthetic.scoring import box_iou, normalize_text
-from vlm_jax.data.synthetic.scoring import score as synthetic_score
-
 IOU_THRESHOLD = 0.5
-TIME_TOLERANCE_S = 1.0
+# One tolerance rule for every temporal score: the ground truth's own `tolerance` when it has one,
+# else TIME_TOLERANCE_S. Qwen3-VL sees a video as 2-frame temporal patch groups with one timestamp
+# each; at its default 2 fps a group spans 1 s, so a +-0.5 s window is one group wide: the time
+# resolution the model is given. The synthetic world's events sit exactly on (even) frames, so its
+# answers carry half a frame interval (0.25 s at 2 fps): name the frame. A flat 1 s would let a
+# constant "2.0" score every synthetic item (events at 1, 2 and 3 s).
+TIME_TOLERANCE_S = 0.5
+POINT_RADIUS = 40.0  # a point without a box to land in is right within this distance ([0, 1000] units)
 COORD_MAX = 1000.0
 
 _NUM_WORDS = {w: i for i, w in enumerate(
@@ -54,11 +68,22 @@ def _malformed(**extras: float) -> Score:
 # ----------------------------------------------------------------------------- parsing
 
 
+def final_answer(text: str) -> str:
+    """The text after the last `</think>` (all of it if there is none), stripped: what is scored."""
+    return text.rsplit("</think>", 1)[-1].strip()
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation dropped, articles removed, whitespace collapsed."""
+    words = re.sub(r"[^\w\s]", " ", text.lower()).split()
+    return " ".join(w for w in words if w not in ("a", "an", "the"))
+
+
 def _json_objects(text: str) -> list[dict]:
     """The dicts of the reply's JSON list / object, else `"bbox_2d"` / `"point_2d"` items found by regex.
 
-    Like `scoring.parse_json_objects`, but a span that parses to no dicts (the `[30, 40]` inside
-    `{"point_2d": [30, 40]}`) falls through to the next rule, and "[[[[..." (RecursionError) is not fatal.
+    A span that parses to no dicts (the `[30, 40]` inside `{"point_2d": [30, 40]}`) falls through to
+    the next rule, and "[[[[..." (RecursionError) is not fatal.
     """
     t = re.sub(r"```(?:json)?", "", text)
     for opener, closer in (("[", "]"), ("{", "}")):
@@ -143,6 +168,19 @@ def first_number(text: str) -> float | None:
 # ----------------------------------------------------------------------------- grounding and pointing
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two [x1, y1, x2, y2] boxes (0 for empty boxes)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _area(r: Sequence[float]) -> float:
+    return max(0.0, r[2] - r[0]) * max(0.0, r[3] - r[1])
+
+
 def _clip_box(b: Sequence[float]) -> list[float]:
     # True boxes lie in [0, 1000]; clipping keeps the intersection and bounds the union (no inf - inf).
     return [min(max(float(x), 0.0), COORD_MAX) for x in b]
@@ -188,6 +226,11 @@ def value_exact(prediction: str, value: int) -> Score:
     """1 if the last integer (digits) of the reply equals `value`."""
     v = last_integer(prediction)
     return _malformed() if v is None else Score(float(v == int(value)))
+
+
+def time_tolerance(answer: Mapping[str, Any]) -> float:
+    """The temporal tolerance (seconds) of a ground truth: its `tolerance`, else TIME_TOLERANCE_S."""
+    return float(answer.get("tolerance", TIME_TOLERANCE_S))
 
 
 def time_within(prediction: str, time_s: float, tolerance_s: float = TIME_TOLERANCE_S) -> Score:
@@ -255,11 +298,15 @@ def token_f1(prediction: str, reference: str) -> Score:
 
 
 def text_match(prediction: str, reference: str) -> Score:
-    """The synthetic world's text rule (normalised equality, or a short answer contained in a short
-    reply); an empty reply is malformed."""
-    if not normalize_text(prediction):
+    """1 for normalised equality, or for a short reference (<= 3 words) occurring in a reply at most 3
+    words longer ("The orange bar." for "orange"); an empty reply is malformed."""
+    pred, ref = normalize_text(prediction), normalize_text(reference)
+    if not pred:
         return _malformed()
-    return Score(synthetic_score({"text": reference}, prediction))
+    if pred == ref:
+        return Score(1.0)
+    n_ref, n_pred = len(ref.split()), len(pred.split())
+    return Score(float(0 < n_ref <= 3 and n_pred <= n_ref + 3 and _contains(pred, ref)))
 
 
 # ----------------------------------------------------------------------------- multiple choice
@@ -308,3 +355,33 @@ def multiple_choice(prediction: str, options: Sequence[str], answer: int | str) 
     """1 if the reply picks the reference option (a letter or the option text); unclear -> malformed."""
     picked = parse_choice(prediction, options)
     return _malformed() if picked is None else Score(float(picked == choice_index(answer, options)))
+
+
+# ----------------------------------------------------------------------------- by ground-truth keys
+
+
+def score_answer(answer: Mapping[str, Any], prediction: str) -> Score:
+    """The metric of a ground truth `answer` (a synthetic sample's `answer`: the rule comes from its
+    keys, see the module docstring) applied to the final answer of the model reply `prediction`.
+    ValueError if no rule fits the keys (a bad ground truth, not a bad reply)."""
+    text = final_answer(prediction)
+    if "count" in answer:
+        return count_exact(text, answer["count"])
+    if "time" in answer:
+        return time_within(text, answer["time"], time_tolerance(answer))
+    if "value" in answer:
+        return value_exact(text, answer["value"])
+    if "point_2d" in answer:
+        if "bbox_2d" in answer:
+            return point_in_box(text, answer["bbox_2d"])
+        return point_within(text, answer["point_2d"], float(answer.get("radius", POINT_RADIUS)))
+    if "bbox_2d" in answer:
+        return box_accuracy(text, answer["bbox_2d"])
+    if "text" in answer:
+        return text_match(text, str(answer["text"]))
+    raise ValueError(f"no scoring rule for answer keys {sorted(answer)}")
+
+
+def score(answer: Mapping[str, Any], prediction: str) -> float:
+    """`score_answer(answer, prediction).value`: 1.0 / 0.0 (a reward)."""
+    return score_answer(answer, prediction).value

@@ -8,15 +8,17 @@ A family groups items scored the same way:
                      video_count
     ocr              ocr                                exact text (and character error rate)
     caption          caption                            token F1
-    temporal         video_temporal                     event time within 1 s
+    temporal         video_temporal                     event time within the answer's tolerance
+                                                        (`metrics.time_tolerance`)
     multiple_choice  multi_image ("which image ..."),   the chosen option (letter or option text)
                      chart_compare
     chart            chart_value                        exact value
     spatial          spatial                            text / yes-no match
     text             text                               exact value / text match
 
-Items come from the synthetic world's held-out splits (`synthetic_items`: the first n matching samples
-of each task, interleaved: deterministic) or from a JSONL file in the `write_jsonl` format with
+Items come from the synthetic world's held-out splits (`synthetic_items`: by default the whole split,
+i.e. every index of each of the family's tasks, `config.eval_splits` (1000 per task by default), else
+the first n, interleaved across tasks: deterministic) or from a JSONL file in the `write_jsonl` format with
 reference answers (`jsonl_items`; the family comes from the record's task, else its answer keys;
 multiple-choice records carry `answer["options"]` and `answer["choice"]` (letter / index) or
 `answer["text"]` (the option)).
@@ -45,6 +47,7 @@ class Family:
     metric: str  # the headline metric's name in reports
     synthetic_tasks: tuple[str, ...]
     needs: tuple[tuple[str, ...], ...]  # answer must hold all keys of one of these groups
+    proportion: bool = True  # per-item scores are 0 / 1 (Wilson interval); False: a continuous mean
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -52,8 +55,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("pointing", "acc", ("ground_point", "geometry"), (("point_2d",),)),
     Family("counting", "exact", ("count", "count_points", "count_boxes", "video_count"), (("count",),)),
     Family("ocr", "exact", ("ocr",), (("text",),)),
-    Family("caption", "f1", ("caption",), (("text",),)),
-    Family("temporal", "acc@1s", ("video_temporal",), (("time",),)),
+    Family("caption", "f1", ("caption",), (("text",),), proportion=False),
+    Family("temporal", "acc", ("video_temporal",), (("time",),)),
     Family("multiple_choice", "acc", ("multi_image", "chart_compare"), (("options", "choice"), ("options", "text"))),
     Family("chart", "exact", ("chart_value",), (("value",),)),
     Family("spatial", "acc", ("spatial",), (("text",), ("value",))),
@@ -87,7 +90,7 @@ def score_item(family: str, answer: Mapping, reply: str) -> metrics.Score:
     if family == "pointing":
         if "bbox_2d" in answer:
             return metrics.point_in_box(reply, answer["bbox_2d"])
-        return metrics.point_within(reply, answer["point_2d"], float(answer.get("radius", 40)))
+        return metrics.point_within(reply, answer["point_2d"], float(answer.get("radius", metrics.POINT_RADIUS)))
     if family == "counting":
         return metrics.count_exact(reply, answer["count"])
     if family == "ocr":
@@ -95,7 +98,7 @@ def score_item(family: str, answer: Mapping, reply: str) -> metrics.Score:
     if family == "caption":
         return metrics.token_f1(reply, str(answer["text"]))
     if family == "temporal":
-        return metrics.time_within(reply, answer["time"])
+        return metrics.time_within(reply, answer["time"], metrics.time_tolerance(answer))
     if family == "multiple_choice":
         return metrics.multiple_choice(reply, answer["options"], answer.get("choice", answer.get("text")))
     if family == "chart" or "value" in answer:
@@ -211,10 +214,11 @@ def family_tasks(family: str, world: SyntheticWorld) -> tuple[str, ...]:
     return trained or FAMILIES[family].synthetic_tasks
 
 
-def synthetic_items(family: str, n: int, *, split: str = "eval", world: SyntheticWorld | None = None
+def synthetic_items(family: str, n: int | None = None, *, split: str = "eval", world: SyntheticWorld | None = None
                     ) -> list[EvalItem]:
-    """The first `n` held-out items of a family, interleaving its synthetic tasks that the world
-    trains (`family_tasks`; deterministic). Fewer when the split holds fewer fitting samples."""
+    """The first `n` held-out items of a family (None: all of them, the whole split), interleaving its
+    synthetic tasks that the world trains (`family_tasks`; deterministic). Fewer when the split holds
+    fewer fitting samples."""
     check_task_names([family])
     world = world or SyntheticWorld()
     if split == "train":
@@ -223,6 +227,13 @@ def synthetic_items(family: str, n: int, *, split: str = "eval", world: Syntheti
     streams = [task_items(world, split, family, t) for t in family_tasks(family, world)]
     items = (it for group in itertools.zip_longest(*streams) for it in group if it is not None)
     return list(itertools.islice(items, n))
+
+
+def check_num_per_task(n: int | None) -> int | None:
+    """`n` items per task, None (or 0, as configs spell it) for all of them; ValueError if negative."""
+    if n is not None and n < 0:
+        raise ValueError(f"items per task must be >= 0 (0 or None: the whole split), got {n}")
+    return n or None
 
 
 def jsonl_items(path: str | os.PathLike, families: Sequence[str] | None = None, n: int | None = None
@@ -252,11 +263,13 @@ def jsonl_items(path: str | os.PathLike, families: Sequence[str] | None = None, 
     return out
 
 
-def load_items(families: Sequence[str] | None, *, split: str = "eval", num_per_task: int = 100,
+def load_items(families: Sequence[str] | None, *, split: str = "eval", num_per_task: int | None = None,
                world: SyntheticWorld | None = None, world_config: Mapping[str, Any] | None = None,
                jsonl: str | os.PathLike | None = None) -> list[EvalItem]:
     """Items of `families`: from `jsonl` when given (None = every family in the file), else the synthetic
-    world's held-out `split` (`world`, or one built from `world_config` overrides)."""
+    world's held-out `split` (`world`, or one built from `world_config` overrides); at most `num_per_task`
+    per family (None or 0: all, the whole split or file)."""
+    num_per_task = check_num_per_task(num_per_task)
     if jsonl is not None:
         return jsonl_items(jsonl, families, num_per_task)
     families = check_task_names(families or ())
@@ -264,6 +277,34 @@ def load_items(families: Sequence[str] | None, *, split: str = "eval", num_per_t
         raise ValueError(f"no eval tasks given; valid tasks: {', '.join(FAMILIES)}")
     world = world or SyntheticWorld(world_config or {})
     return [it for f in families for it in synthetic_items(f, num_per_task, split=split, world=world)]
+
+
+def vision_off_donors(items: Sequence[EvalItem]) -> list[int]:
+    """For each item, the index of the item whose images / videos it gets in the vision-off control.
+
+    Items are grouped by (family, number of images, number of videos), so every prompt keeps its
+    placeholders and its kind of media, and the swapped-in media come from the same task's items;
+    inside a group (in item order) item k gets the media of the next item, the last one those of the
+    first (a rotation: no item keeps its own media when the group holds two or more). A group of one
+    item keeps its own media (`donor == k`)."""
+    groups: dict[tuple, list[int]] = {}
+    for k, it in enumerate(items):
+        groups.setdefault((it.family, len(it.images), len(it.videos)), []).append(k)
+    donors = list(range(len(items)))
+    for members in groups.values():
+        for j, k in enumerate(members):
+            donors[k] = members[(j + 1) % len(members)]
+    return donors
+
+
+def vision_off_items(items: Sequence[EvalItem], donors: Sequence[int] | None = None) -> list[EvalItem]:
+    """The items with their media replaced by their donors' (`vision_off_donors`); question, answer
+    and reference stay. A model that answers these as well as the originals is not using the image."""
+    donors = vision_off_donors(items) if donors is None else donors
+    if sorted(donors) != list(range(len(items))):
+        raise ValueError(f"donors must be a permutation of range({len(items)})")
+    return [dataclasses.replace(it, images=list(items[d].images), videos=list(items[d].videos))
+            for it, d in zip(items, donors)]
 
 
 def write_items_jsonl(items: Sequence[EvalItem], out_dir: str | os.PathLike, filename: str = "items.jsonl") -> Path:

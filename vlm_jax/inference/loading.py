@@ -1,6 +1,6 @@
 """Loading a model for inference: (model config, params, tokenizer) from a params dir or a training workdir.
 
-A params dir is what `vlm_jax.convert.__main__.save_params` writes (`model_config.json` + `params/`),
+A params dir is what `vlm_jax.params.store.save_params` writes (`model_config.json` + `params/`),
 optionally with `tokenizer.json` (without one: the synthetic world's tokenizer) and
 `processor_config.json` (the `ProcessorConfig` fields the model was trained with). A training
 workdir holds one at `<workdir>/final`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +21,10 @@ from vlm_jax.data import processor as proc
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.data.tokenizer import load_tokenizer as load_tokenizer_file
 from vlm_jax.inference.prompt import as_processor_config
+from vlm_jax.params.store import load_params, resolve_params_dir
 
-MODEL_CONFIG_FILE = "model_config.json"
-PARAMS_SUBDIR = "params"
 TOKENIZER_FILE = "tokenizer.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"
-
-
-def resolve_params_dir(path: str | os.PathLike) -> Path:
-    """`path` if it holds `model_config.json`, else `path/final`; FileNotFoundError naming both otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    for d in (path, path / "final"):
-        if (d / MODEL_CONFIG_FILE).is_file():
-            if not (d / PARAMS_SUBDIR).is_dir():
-                raise FileNotFoundError(f"checkpoint {d} has {MODEL_CONFIG_FILE} but no {PARAMS_SUBDIR}/ directory")
-            return d
-    raise FileNotFoundError(f"no {MODEL_CONFIG_FILE} in {path} or {path / 'final'} (expected a params dir written "
-                            "by save_params, or a training workdir with final/)")
 
 
 def load_tokenizer_for(params_dir: str | os.PathLike) -> Tokenizer:
@@ -66,8 +51,6 @@ def check_compatible(config: mlc.ConfigDict, tokenizer: Tokenizer) -> None:
 
 def load_model(path: str | os.PathLike) -> tuple[mlc.ConfigDict, dict, Tokenizer]:
     """(model config, params, tokenizer) of a params dir or a training workdir (see the module docstring)."""
-    from vlm_jax.convert.__main__ import load_params
-
     params_dir = resolve_params_dir(path)
     tokenizer = load_tokenizer_for(params_dir)
     config, params = load_params(params_dir)
@@ -86,33 +69,13 @@ def load_processor_config(path: str | os.PathLike) -> proc.ProcessorConfig | Non
         raise ValueError(f"cannot read {f}: {e}") from e
 
 
-def parse_json_object(value: str, what: str) -> dict:
-    """A JSON object given on a command line; ValueError naming `what` when it is not one."""
-    try:
-        obj = json.loads(value)
-    except ValueError as e:
-        raise ValueError(f"{what} is not valid JSON: {e}") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} must be a JSON object, got {value!r}")
-    return obj
-
-
-def run_cli(parse_args: Callable[[list[str] | None], Any], run: Callable[[Any], int], argv: list[str] | None) -> int:
-    """A CLI's `main`: `run(parse_args(argv))`, or exit status 2 with a one-line message on bad inputs."""
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as e:
-        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
-        return 2
-
-
-def processor_config_for(path: str | os.PathLike, override: str | None = None) -> proc.ProcessorConfig | None:
-    """The processor settings for a checkpoint: `override` (a JSON object of `ProcessorConfig` fields, as
-    given on a command line), else its `processor_config.json`, else None (the defaults) with a warning
-    on stderr: other image sizes than in training change the visual tokens the model sees."""
+def processor_config_for(path: str | os.PathLike,
+                         override: Mapping[str, Any] | None = None) -> proc.ProcessorConfig | None:
+    """The processor settings for a checkpoint: `override` (`ProcessorConfig` fields, e.g. given on a
+    command line), else its `processor_config.json`, else None (the defaults) with a warning on stderr:
+    other image sizes than in training change the visual tokens the model sees."""
     if override is not None:
-        return as_processor_config(parse_json_object(override, "processor settings"))
+        return as_processor_config(override)
     found = load_processor_config(path)
     if found is None:
         print(f"warning: no {PROCESSOR_CONFIG_FILE} in the checkpoint and no processor settings given: using the "

@@ -13,7 +13,9 @@ in placeholder order (docs/CONTRACTS.md).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_collections as mlc
@@ -22,11 +24,12 @@ import tokenizers
 
 from vlm_jax.data import processor as proc
 from vlm_jax.data.chat_template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, render_text, tokenize_conversation
-from vlm_jax.data.pipeline import _visual_order
+from vlm_jax.data.pipeline import visual_order
 from vlm_jax.data.sources import SampleError
 from vlm_jax.data.tokenizer import Tokenizer
 
 DEFAULT_VIDEO_FPS = 2.0
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +54,10 @@ def as_tokenizer(tokenizer: Tokenizer | tokenizers.Tokenizer) -> Tokenizer:
     return tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
 
 
-def as_processor_config(cfg: proc.ProcessorConfig | Mapping[str, Any] | None) -> proc.ProcessorConfig:
-    """A `ProcessorConfig` from a config, a mapping of its fields (as in the pipeline config) or None."""
-    if cfg is None:
-        return proc.DEFAULT_CONFIG
-    if isinstance(cfg, proc.ProcessorConfig):
-        return cfg
-    cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-    fields = {f.name for f in dataclasses.fields(proc.ProcessorConfig)}
-    unknown = sorted(set(cfg) - fields)
-    if unknown:
-        raise ValueError(f"unknown processor config keys {unknown}; valid keys are {sorted(fields)}")
-    return proc.ProcessorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+def as_processor_config(cfg: Mapping[str, Any] | mlc.ConfigDict | None) -> proc.ProcessorConfig:
+    """The processor config of `cfg`: a processor config, processor keys to override (as in the pipeline
+    config or a `processor_config.json`), or None (the defaults); an unknown key fails naming it."""
+    return proc.DEFAULT_CONFIG if cfg is None else proc.get_config(cfg)
 
 
 def _as_video(video: Any, k: int) -> tuple[np.ndarray, float]:
@@ -129,7 +124,7 @@ def build_prompt(
     ids = np.asarray(tokens["input_ids"], np.int32)
     video_t = [int(np.asarray(o["grid_thw"]).reshape(3)[0]) for o in outs["video"]]
     try:
-        order = _visual_order(ids, tok.image_pad_id, tok.video_pad_id, video_t)
+        order = visual_order(ids, tok.image_pad_id, tok.video_pad_id, video_t)
     except SampleError as e:
         raise ValueError(f"placeholder tokens do not match the images and videos: {e.detail}") from e
     pixel_values = [np.asarray(outs[kind][i]["pixel_values"], np.float32) for kind, i in order]
@@ -160,3 +155,40 @@ def check_budget(prompt_len: int, max_new_tokens: int, config: mlc.ConfigDict) -
     if prompt_len + max_new_tokens > limit:
         raise ValueError(f"the prompt has {prompt_len} tokens; with max_new_tokens={max_new_tokens} it exceeds "
                          f"the model's budget of {limit} positions (text.max_position_embeddings)")
+
+
+def build_messages(prompt: str, n_images: int, n_videos: int, system: str | None = None) -> list[dict]:
+    """Messages of a single user turn: the images, then the videos, then the prompt text (after an
+    optional system turn)."""
+    content = [{"type": "image"}] * n_images + [{"type": "video"}] * n_videos + [{"type": "text", "text": prompt}]
+    messages = [{"role": "system", "content": system}] if system else []
+    return [*messages, {"role": "user", "content": content}]
+
+
+def load_video(path: str | os.PathLike, fps: float) -> dict:
+    """`{"frames": uint8 [T, H, W, 3], "fps": fps}` from a directory of frame images (sorted by name)
+    or a .npy file; FileNotFoundError / ValueError naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video not found: {path}")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"video directory {path} holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
+        frames = [np.asarray(proc.load_image(f)) for f in files]
+        if len({f.shape for f in frames}) > 1:
+            raise ValueError(f"the frames in {path} differ in size: {sorted({f.shape for f in frames})}")
+        frames = np.stack(frames)
+    elif path.suffix == ".npy":
+        try:
+            frames = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read video array {path}: {e}") from e
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not frames.shape[0]:
+            raise ValueError(f"{path}: a video array must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    else:
+        raise ValueError(f"unsupported video {path}: give a directory of frame images or a .npy [T, H, W, 3] "
+                         "array (decode video files to frames first)")
+    if not fps > 0:
+        raise ValueError(f"video fps must be positive, got {fps}")
+    return {"frames": frames, "fps": float(fps)}

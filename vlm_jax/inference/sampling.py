@@ -27,12 +27,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.configs.validate import check_keys
+
 NEG_INF = -jnp.inf
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """Decoding hyper-parameters. Frozen and hashable: it is a static argument of the jitted steps.
+    """Decoding hyper-parameters. Frozen and hashable: it is a static argument of the jitted steps
+    (hence a dataclass, not a ConfigDict); `replace` checks its keys with `configs.validate`.
 
     temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 and min_p 0.0 disable those filters;
     presence_penalty 0.0 and repetition_penalty 1.0 disable the penalties.
@@ -74,6 +77,8 @@ class SamplingConfig:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
 
     def replace(self, **overrides: Any) -> SamplingConfig:
+        """A copy with `overrides`; an unknown key fails naming it."""
+        check_keys(overrides, dataclasses.asdict(self), "sampling", partial=True)
         return dataclasses.replace(self, **overrides)
 
 
@@ -88,7 +93,7 @@ PRESETS: dict[str, SamplingConfig] = {
 
 
 def get_preset(name: str, **overrides: Any) -> SamplingConfig:
-    """The named preset with `overrides` (None values are ignored); unknown names raise ValueError."""
+    """The named preset with `overrides` (None values are ignored); unknown names or keys raise ValueError."""
     if name not in PRESETS:
         raise ValueError(f"unknown sampling preset {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name].replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,6 +1,6 @@
-"""Training: optimizer, losses, train state, the jitted step, checkpoints, fake data."""
+"""Training: optimizer, losses, train state, the jitted step, checkpoints."""
 
-from vlm_jax.train.checkpoint import Checkpointer, IncompatibleCheckpointError, PreemptionGuard
+from vlm_jax.train.checkpoint import Checkpointer, CheckpointError, IncompatibleCheckpointError, PreemptionGuard
 from vlm_jax.train.optimizer import build_optimizer, lr_schedules, param_labels, trainable_mask
 from vlm_jax.train.state import (
     TrainState,
@@ -23,6 +23,7 @@ from vlm_jax.train.step import (
 __all__ = [
     "BATCH_KEYS",
     "CPU_FAST_COMPILE",
+    "CheckpointError",
     "Checkpointer",
     "IncompatibleCheckpointError",
     "NonFiniteAbort",

@@ -1,8 +1,10 @@
 """python -m vlm_jax.train --config=vlm_jax/configs/synthetic_tiny.py [--workdir=DIR] [--config.KEY=VALUE ...]
 
-Trains (resuming from DIR's latest checkpoint when there is one), exports `DIR/final`, evaluates
+Trains (resuming from DIR's newest intact checkpoint when there is one), exports `DIR/final`, evaluates
 on the held-out split and prints a summary. Any config key can be overridden on the command line
 (ml_collections config flags), e.g. `--config.train.num_train_steps=100 --config.model.deepstack=False`.
+Errors (bad config, a failed checkpoint save, no intact checkpoint to resume from) print one line and
+exit with status 2.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     from absl import logging as absl_logging
 
+    from vlm_jax.train.checkpoint import CheckpointError
     from vlm_jax.train.loop import train_and_evaluate
 
     if not flags.FLAGS["verbosity"].present:
@@ -31,7 +34,7 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or os.path.join("runs", config.stage)
     try:
         train_and_evaluate(config, workdir)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

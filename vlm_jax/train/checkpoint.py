@@ -16,6 +16,14 @@ Orbax uses a commit-marker file instead (its `CommitFileTemporaryPath`).
 Async: `save` returns once the arrays are copied to host memory; the writes continue in a
 background thread, so training overlaps them. The data state is captured synchronously at the
 call, so it matches the saved step. Call `wait()` before exiting.
+
+Failures: a save that fails raises `CheckpointError` ("checkpoint save failed: <path>: <cause>", one
+line) from the next `save`/`check`/`wait`/`close` after the background write ends, so a loop that
+calls `save` every step never trains on while saves fail. `restore` without a step reads the newest
+intact checkpoint: an unreadable one (truncated or missing file, JSON that does not parse) is moved
+aside to `<step>.unreadable` with one warning line, and `CheckpointError` says so when none is intact.
+Orbax's own per-thread tracebacks for these failures are dropped from the log (hundreds of lines for
+one bad file); the cause is in the one line instead. Paths are made absolute (TensorStore needs it).
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +51,97 @@ class IncompatibleCheckpointError(ValueError):
     """The checkpoint's arrays do not match the shapes the current config builds."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or none could be read: one line naming the path and the cause."""
+
+
+class _Unreadable(ValueError):
+    """A checkpoint item that does not parse; the message names the item."""
+
+
+def absolute_path(directory: str | os.PathLike) -> epath.Path:
+    """`directory` as an absolute path (URLs such as gs://... unchanged): TensorStore rejects relative
+    ones, and only in Orbax's background writer, long after `save` returned."""
+    s = os.fspath(directory)
+    if "://" in s:
+        return epath.Path(s)
+    return epath.Path(os.path.abspath(os.path.expanduser(s)))
+
+
+def _cause(e: BaseException, limit: int = 400) -> str:
+    """The root cause of `e` on one line: TensorStore's message sits at the bottom of Orbax's chain."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = " ".join(str(e).split())
+    if len(text) > limit:
+        text = text[:limit] + " ..."
+    if isinstance(e, _Unreadable):
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class _OrbaxTracebacks(logging.Filter):
+    """Drops the tracebacks Orbax logs from its worker threads (absl logger): one failed save or one
+    truncated file gives one per array and thread, hundreds of interleaved lines, while `Checkpointer`
+    reports the same failure in one line. Keeps the last cause for failures Orbax only logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.users = 0
+        self.last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+            e = record.exc_info[1]
+            self.last = _cause(e) if e is not None else record.getMessage()
+            return False
+        return True
+
+    def acquire(self) -> None:
+        if self.users == 0:
+            logging.getLogger("absl").addFilter(self)
+        self.users += 1
+
+    def release(self) -> None:
+        self.users = max(self.users - 1, 0)
+        if self.users == 0:
+            logging.getLogger("absl").removeFilter(self)
+
+
+_QUIET = _OrbaxTracebacks()
+
+
+def _codes(tb) -> list:
+    codes = []
+    while tb is not None:
+        codes.append(tb.tb_frame.f_code)
+        tb = tb.tb_next
+    return codes
+
+
+def _drop_orbax_leftovers() -> None:
+    """After one array fails to read, Orbax closes its event loop with that checkpoint's other reads
+    still running; each prints a traceback later, at garbage collection or exit (an unraisable
+    coroutine, or TensorStore's callback onto the closed loop). Drops exactly those, from then on."""
+    if getattr(sys.unraisablehook, "_vlm_jax", False):
+        return
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+    orbax = f"{os.sep}orbax{os.sep}"
+
+    def on_unraisable(u) -> None:
+        codes = _codes(u.exc_traceback) + [c for c in [getattr(u.object, "cr_code", None)] if c is not None]
+        if not any(orbax in c.co_filename for c in codes):
+            unraisable(u)
+
+    def on_exception(kind, value, tb) -> None:
+        closed = kind is RuntimeError and str(value) == "Event loop is closed"
+        if not (closed and any(c.co_name == "call_soon_threadsafe" for c in _codes(tb))):
+            excepthook(kind, value, tb)
+
+    on_unraisable._vlm_jax = True
+    sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+
+
 class DataStateHandler(ocp.CheckpointHandler):
     """Per-process JSON files for the data iterator state (grain's own Orbax handler expects a
     grain iterator object; our pipeline hands out a plain JSON-able dict, captured at save time)."""
@@ -55,7 +156,10 @@ class DataStateHandler(ocp.CheckpointHandler):
             found = sorted(p.name for p in epath.Path(directory).iterdir())
             raise FileNotFoundError(f"no data state {path.name} in {directory} (found {found}); was the checkpoint "
                                     "written with a different number of processes?")
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise _Unreadable(f"data/{path.name}: {_cause(e)}") from None
 
     def metadata(self, directory: epath.Path) -> None:
         return None
@@ -105,15 +209,26 @@ class Checkpointer:
 
     def __init__(self, directory: str | epath.Path, *, every_steps: int = 1000, keep: int = 3,
                  async_save: bool = True, model_config: mlc.ConfigDict | None = None):
-        self.directory = epath.Path(directory)
+        self.directory = absolute_path(directory)
         self.model_config = model_config
+        self._pending: int | None = None  # the step of the last save, until its outcome is checked
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps, max_to_keep=keep, enable_async_checkpointing=async_save,
-            create=True, cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataStateHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
+            create=True, cleanup_tmp_directories=True,
+            # Directories are made in `save`: made in the background, a failure (no permission, a file
+            # in the way) leaves the writers waiting for them until a 5-minute timeout, cause unnamed.
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+        _QUIET.acquire()
+        self._quiet = True
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataStateHandler(),
+                               "meta": ocp.JsonCheckpointHandler()})
+        except Exception as e:  # e.g. a regular file where the directory or one of its parents should be
+            self._quiet = False
+            _QUIET.release()
+            raise CheckpointError(f"checkpoint directory unusable: {self.directory}: {_cause(e)}") from e
 
     @classmethod
     def from_config(cls, train_config: mlc.ConfigDict, model_config: mlc.ConfigDict | None = None) -> Checkpointer:
@@ -124,7 +239,11 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: Mapping[str, Any] | None = None, *, force: bool = False) -> bool:
         """Saves when `step` is on the interval (or `force`); returns whether it saved. Call with
-        the state *after* `step` optimizer steps and the data state after `step` batches."""
+        the state *after* `step` optimizer steps and the data state after `step` batches. Raises
+        `CheckpointError` when this save, or a finished earlier one, failed (see `check`)."""
+        self.check()
+        if self._pending is not None and (force or self.manager.should_save(int(step))):
+            self._finish()  # Orbax waits for it anyway; this names the step that failed
         args = {"state": ocp.args.StandardSave(state)}
         if data_state is not None:
             # Snapshot now (json round trip = deep copy): the iterator moves on while we write.
@@ -133,7 +252,35 @@ class Checkpointer:
         if self.model_config is not None:
             meta["model_config"] = json.loads(self.model_config.to_json())
         args["meta"] = ocp.args.JsonSave(meta)
-        return self.manager.save(int(step), args=ocp.args.Composite(**args), force=force)
+        try:
+            saved = self.manager.save(int(step), args=ocp.args.Composite(**args), force=force)
+        except Exception as e:
+            raise self._save_error(step, e) from e
+        if saved:
+            self._pending = int(step)
+        return saved
+
+    def check(self) -> None:
+        """Raises `CheckpointError` if the last save has finished and failed; never waits for a
+        save in progress (cheap enough to call every step)."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self._finish()
+
+    def _finish(self) -> None:
+        """Waits for the last save and raises `CheckpointError` if it failed."""
+        step, self._pending = self._pending, None
+        if step is None:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(step, e) from e
+        path = self.directory / str(step)
+        if not path.exists():  # Orbax logs (and does not raise) some failures of the final commit
+            raise CheckpointError(f"checkpoint save failed: {path}: {_QUIET.last or 'not committed'}")
+
+    def _save_error(self, step: int, e: BaseException) -> CheckpointError:
+        return CheckpointError(f"checkpoint save failed: {self.directory / str(int(step))}: {_cause(e)}")
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -142,16 +289,68 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any] | None, int]:
-        """(state, data_state or None, step) from `step` (default: the latest).
+        """(state, data_state or None, step) from `step` (default: the newest intact checkpoint).
 
         `target` is the abstract state with shardings (`state.unboxed_abstract_state`): arrays
         come back in that layout, whatever mesh wrote them. Raises `IncompatibleCheckpointError`
-        listing every mismatched shape / missing array before reading anything."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        listing every mismatched shape / missing array before reading anything.
+
+        Without `step`, a checkpoint that cannot be read (any read error; meta or data JSON that
+        does not parse) is skipped for the next older one; once one is read, the skipped ones are
+        moved aside to `<step>.unreadable` (so later saves of those steps are not blocked), with
+        one warning line each. `CheckpointError` (one line) when none can be read, or `step` cannot."""
+        steps = [int(step)] if step is not None else sorted(self.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        meta = self.manager.item_metadata(step)
-        saved = meta["state"]
+        bad: list[tuple[int, str]] = []
+        for s in steps:
+            try:
+                state, data_state = self._restore_step(target, s)
+                error = None
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as e:  # Orbax / TensorStore / JSON: any failure to read means not intact
+                state, data_state, error = None, None, _cause(e)
+                _drop_orbax_leftovers()
+            if not _everywhere(error is None):  # every process resumes from the same step
+                error = error or "unreadable on another process"
+            if error is None:
+                self._set_aside(bad, s)
+                return state, data_state, s
+            if step is not None:
+                raise CheckpointError(f"checkpoint unreadable: {self.directory / str(s)}: {error}")
+            bad.append((s, error))
+        raise CheckpointError(f"no intact checkpoint in {self.directory}: "
+                              + "; ".join(f"step {s}: {error}" for s, error in bad))
+
+    def _set_aside(self, bad: list[tuple[int, str]], resumed: int) -> None:
+        for s, error in bad:
+            path, aside = self.directory / str(s), self.directory / f"{s}.unreadable"
+            n = 1
+            while aside.exists():
+                n += 1
+                aside = self.directory / f"{s}.unreadable{n}"
+            if jax.process_index() == 0:
+                try:
+                    path.rename(aside)
+                except OSError as e:
+                    raise CheckpointError(f"checkpoint {path} is unreadable ({error}) and cannot be moved aside: "
+                                          f"{_cause(e)}") from e
+            log.warning("checkpoint %s is unreadable (%s): moved to %s; resuming from step %d",
+                        path, error, aside, resumed)
+        if bad:
+            _sync("vlm_jax_checkpoint_set_aside")
+            self.manager.reload()
+
+    def _restore_step(self, target: Any, step: int) -> tuple[Any, dict[str, Any] | None]:
+        # meta first, although only humans use it: a truncated file there means a damaged checkpoint.
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise _Unreadable(f"meta: {_cause(e)}") from None
+        if not isinstance(meta, dict) or meta.get("step") != step:
+            raise _Unreadable(f"meta: not this step's: {str(meta)[:100]}")
+        saved = self.manager.item_metadata(step)["state"]
         if saved is not None:
             bad = shape_mismatches(saved, target)
             if bad:
@@ -163,15 +362,46 @@ class Checkpointer:
         if has_data:
             items["data"] = DataStateRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], (restored["data"] if has_data else None), int(step)
+        return restored["state"], (restored["data"] if has_data else None)
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
+        """Blocks until pending asynchronous saves are on disk; `CheckpointError` if one failed."""
+        if self._pending is not None:
+            self._finish()
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for pending saves (`CheckpointError` if one failed) and releases the manager."""
+        failed = True
+        try:
+            self.wait()
+            failed = False
+        finally:
+            try:
+                self.manager.close()
+            except Exception:
+                if not failed:  # else the save error from wait() is the one to report
+                    raise
+            finally:
+                if self._quiet:
+                    self._quiet = False
+                    _QUIET.release()
+
+
+def _everywhere(ok: bool) -> bool:
+    """Whether `ok` holds on every process."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 class PreemptionGuard:

@@ -4,7 +4,7 @@
 
     data.tokenizer = ""                    # tokenizer.json path; "" = the synthetic world's tokenizer
     data.sources = {name: {kind, weight, ...}, ...}
-    data.pipeline = {...}                  # `PipelineConfig` fields (seq_len, batch_size, max_patches, ...)
+    data.pipeline = {...}                  # `vlm_jax.data.pipeline` keys (seq_len, batch_size, max_patches, ...)
 
 Source kinds: "synthetic" (`world`: `SyntheticWorld` config overrides, `split`, `length`),
 "qwen_jsonl" / "messages_jsonl" (`path`: a file, glob or list; `data_root`), "array_record" (`path`).
@@ -19,18 +19,22 @@ from typing import Any
 
 import ml_collections as mlc
 
+from vlm_jax.configs.validate import check_keys
+from vlm_jax.data import pipeline as pipeline_lib
 from vlm_jax.data import sources as sources_lib
-from vlm_jax.data.pipeline import Pipeline, PipelineConfig, default_task_names
+from vlm_jax.data.pipeline import Pipeline, default_task_names
 from vlm_jax.data.synthetic import SyntheticSource, SyntheticWorld
 from vlm_jax.data.synthetic import load_tokenizer as synthetic_tokenizer
+from vlm_jax.data.synthetic.world import default_config as world_config
 from vlm_jax.data.tokenizer import Tokenizer, load_tokenizer
 
 SOURCE_KINDS = ("synthetic", "qwen_jsonl", "messages_jsonl", "array_record")
-_SOURCE_KEYS = {
-    "synthetic": {"kind", "weight", "world", "split", "length"},
-    "qwen_jsonl": {"kind", "weight", "path", "data_root"},
-    "messages_jsonl": {"kind", "weight", "path", "data_root"},
-    "array_record": {"kind", "weight", "path"},
+# Every key of a `data.sources` entry, by kind, with its default (`world`: `SyntheticWorld` overrides).
+_SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "synthetic": {"kind": "synthetic", "weight": 1.0, "world": {}, "split": "train", "length": None},
+    "qwen_jsonl": {"kind": "qwen_jsonl", "weight": 1.0, "path": None, "data_root": None},
+    "messages_jsonl": {"kind": "messages_jsonl", "weight": 1.0, "path": None, "data_root": None},
+    "array_record": {"kind": "array_record", "weight": 1.0, "path": None},
 }
 
 
@@ -46,24 +50,31 @@ def make_tokenizer(data_config: mlc.ConfigDict) -> Tokenizer:
 
 def make_source(name: str, spec: Mapping[str, Any]) -> Any:
     """One random-access source from its config entry; unknown kinds / keys fail naming them."""
+    spec = source_config(name, spec)
+    kind = spec["kind"]
+    if kind == "synthetic":
+        return SyntheticSource(SyntheticWorld(spec["world"] or None), spec["split"], length=spec["length"])
+    if not spec["path"]:
+        raise ValueError(f"data.sources.{name}.path is required for kind {kind!r}")
+    if kind == "qwen_jsonl":
+        return sources_lib.QwenJsonlSource(spec["path"], data_root=spec["data_root"], name=name)
+    if kind == "messages_jsonl":
+        return sources_lib.MessagesJsonlSource(spec["path"], data_root=spec["data_root"], name=name)
+    return sources_lib.ArrayRecordSource(spec["path"], name=name)
+
+
+def source_config(name: str, spec: Mapping[str, Any] | mlc.ConfigDict) -> dict[str, Any]:
+    """The `data.sources.<name>` entry with its kind's defaults; an unknown kind or key fails naming it."""
     spec = dict(_plain(spec))
     kind = spec.get("kind")
     if kind not in SOURCE_KINDS:
         raise ValueError(f"data.sources.{name}.kind={kind!r}; expected one of {SOURCE_KINDS}")
-    unknown = sorted(set(spec) - _SOURCE_KEYS[kind])
-    if unknown:
-        raise ValueError(f"data.sources.{name}: unknown key(s) {unknown} for kind {kind!r} "
-                         f"(valid: {sorted(_SOURCE_KEYS[kind])})")
+    defaults = _SOURCE_DEFAULTS[kind]
+    check_keys(spec, defaults, f"data.sources.{name}", partial=True, free=("world",))
     if kind == "synthetic":
-        world = SyntheticWorld(spec.get("world") or None)
-        return SyntheticSource(world, spec.get("split", "train"), length=spec.get("length"))
-    if not spec.get("path"):
-        raise ValueError(f"data.sources.{name}.path is required for kind {kind!r}")
-    if kind == "qwen_jsonl":
-        return sources_lib.QwenJsonlSource(spec["path"], data_root=spec.get("data_root"), name=name)
-    if kind == "messages_jsonl":
-        return sources_lib.MessagesJsonlSource(spec["path"], data_root=spec.get("data_root"), name=name)
-    return sources_lib.ArrayRecordSource(spec["path"], name=name)
+        world_free = ("tasks", "eval_splits")  # named by the user; `SyntheticWorld` checks them
+        check_keys(spec.get("world") or {}, world_config(), f"data.sources.{name}.world", partial=True, free=world_free)
+    return {**defaults, **spec}
 
 
 def make_sources(data_config: mlc.ConfigDict) -> tuple[Any, dict[str, float] | None]:
@@ -74,15 +85,20 @@ def make_sources(data_config: mlc.ConfigDict) -> tuple[Any, dict[str, float] | N
     built = {name: make_source(name, spec) for name, spec in specs.items()}
     if len(built) == 1:
         return next(iter(built.values())), None
-    return built, {name: float(spec.get("weight", 1.0)) for name, spec in specs.items()}
+    return built, {name: float(source_config(name, spec)["weight"]) for name, spec in specs.items()}
 
 
-def pipeline_config(data_config: mlc.ConfigDict, seed: int, weights: Mapping[str, float] | None) -> PipelineConfig:
+def pipeline_config(data_config: mlc.ConfigDict, seed: int,
+                    weights: Mapping[str, float] | None) -> pipeline_lib.PipelineConfig:
+    """The validated pipeline config of `data.pipeline`: its seed None = `seed` (the train seed), mixture
+    weights from the sources."""
     cfg = dict(_plain(data_config.pipeline))
-    cfg.setdefault("seed", seed)
+    check_keys(cfg, pipeline_lib.base_config(), "data.pipeline", partial=True)
+    if cfg.get("seed") is None:
+        cfg["seed"] = seed
     if weights is not None:
         cfg["weights"] = dict(weights)
-    return PipelineConfig.from_dict(cfg)
+    return pipeline_lib.get_config(cfg)
 
 
 def make_pipeline(data_config: mlc.ConfigDict, seed: int = 0) -> tuple[Pipeline, Tokenizer, tuple[str, ...]]:

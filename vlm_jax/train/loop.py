@@ -34,8 +34,10 @@ import numpy as np
 from vlm_jax.configs import experiment as experiment_lib
 from vlm_jax.parallel import make_mesh
 from vlm_jax.train import checkpoint as checkpoint_lib
+from vlm_jax.train import curves as curves_lib
 from vlm_jax.train import data as data_lib
 from vlm_jax.train import metrics as metrics_lib
+from vlm_jax.train import vision_probe
 from vlm_jax.train.state import init_train_state, train_state_from_params, unboxed_abstract_state
 from vlm_jax.train.step import (
     check_skips,
@@ -68,8 +70,7 @@ class _Window:
 
 def load_init_params(path: str, model_config: mlc.ConfigDict) -> Any:
     """Params of a previous stage: a params dir (`model_config.json` + `params/`) or a workdir with `final/`."""
-    from vlm_jax.convert.__main__ import load_config, load_params
-    from vlm_jax.inference.loading import resolve_params_dir
+    from vlm_jax.params.store import load_config, load_params, resolve_params_dir
 
     try:
         d = resolve_params_dir(path)
@@ -95,8 +96,8 @@ def export_final(workdir: str, params: Any, model_config: mlc.ConfigDict, tokeni
                  processor: Mapping[str, Any] | None = None) -> str:
     """Writes `final/` (params, model config, tokenizer, processor settings): what inference, the
     evaluation CLI and the next stage load (`vlm_jax.inference.loading`)."""
-    from vlm_jax.convert.__main__ import save_params
     from vlm_jax.inference.loading import PROCESSOR_CONFIG_FILE, TOKENIZER_FILE
+    from vlm_jax.params.store import save_params
 
     out = os.path.join(workdir, "final")
     save_params(jax.device_get(params), model_config, out)
@@ -114,14 +115,15 @@ def _trainable_groups(train_config: mlc.ConfigDict) -> dict[str, bool]:
     return {"llm": not o.freeze_llm, "merger": not o.freeze_merger, "vision": not o.freeze_vision}
 
 
-def _batch_counts(batch: Mapping[str, np.ndarray]) -> tuple[float, float, float]:
-    """(real tokens, real patches, mean patches per frame) of a host batch (micro-batch axis included)."""
-    tokens = float(np.sum(np.asarray(batch["segment_ids"]) != 0))
+def _batch_counts(batch: Mapping[str, np.ndarray], vision_config: mlc.ConfigDict) -> tuple[float, float, float, float]:
+    """(real tokens, real patches, text attention pairs, ViT attention pairs) of a host batch
+    (micro-batch axis included), for `metrics_lib.step_flops`."""
+    segment_ids = np.asarray(batch["segment_ids"])
+    tokens = float(np.sum(segment_ids != 0))
     grid = np.asarray(batch["grid_thw"]).reshape(-1, 3)
-    per_entry = grid[:, 0].astype(np.float64) * grid[:, 1] * grid[:, 2]
-    patches = float(per_entry.sum())
-    frames = float(grid[:, 0].sum())
-    return tokens, patches, patches / frames if frames else 0.0
+    patches = float(np.sum(grid[:, 0].astype(np.float64) * grid[:, 1] * grid[:, 2]))
+    return (tokens, patches, metrics_lib.text_attention_pairs(segment_ids),
+            metrics_lib.vision_attention_pairs(grid, vision_config))
 
 
 class _Progress:
@@ -152,6 +154,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     t_start = time.perf_counter()
     model_config = experiment_lib.model_config(config)
     train_config = experiment_lib.train_config(config)
+    workdir = os.path.abspath(workdir)  # Orbax writes with TensorStore, which rejects relative paths
     os.makedirs(workdir, exist_ok=True)
 
     pipe, tokenizer, task_names = data_lib.make_pipeline(config.data, seed=train_config.seed)
@@ -192,11 +195,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     peak, peak_src = metrics_lib.device_peak_flops(override=config.log.peak_flops_per_device)
     counts = metrics_lib.model_flop_counts(mc)
     trainable = _trainable_groups(train_config)
-    seq_len = pipe.config.seq_len
     guard = checkpoint_lib.PreemptionGuard() if train_config.checkpoint.save_on_sigterm else None
     progress = _Progress(num_steps, start_step, config.log.progress)
     history: list[dict[str, float]] = []
     step_fn = None
+    probe = None
     pending = None  # (step number, device metrics, host counts) of the step in flight
     window = _Window()
     first_step_done_at = None
@@ -207,9 +210,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             batch = next_batch()
             if step_fn is None:
                 step_fn = make_train_step(mc, train_config, mesh, batch_shapes=global_batch_shapes(batch))
-            tokens, patches, frame_patches = _batch_counts(batch)
-            flops = metrics_lib.step_flops(mc, counts, tokens=tokens, patches=patches, seq_len=seq_len,
-                                           frame_patches=frame_patches, trainable=trainable)
+                probe = _make_probe(config, mc, batch, k)
+            tokens, patches, text_pairs, vision_pairs = _batch_counts(batch, mc.vision)
+            flops = metrics_lib.step_flops(mc, counts, tokens=tokens, patches=patches, text_pairs=text_pairs,
+                                           vision_pairs=vision_pairs, trainable=trainable)
             state, device_metrics = step_fn(state, put_batch(batch, mesh, microbatched=k > 1))
             step += 1
             if pending is not None:
@@ -228,6 +232,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                     pending = None
                 history.append(_log(step, window, writer, progress, task_names, peak, num_steps))
                 window = _Window()
+            if probe is not None and (step % config.log.vision_probe_every == 0 or step == num_steps):
+                writer.write(step, probe(state.params))
             if guard is not None and guard.should_stop(step):
                 stopped_early = True
                 break
@@ -273,9 +279,25 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.eval.tasks:
         summary["eval"] = run_eval(config, model_config, state.params, tokenizer, workdir, writer, step)
     writer.close()
+    if jax.process_index() == 0:
+        summary["curves"] = curves_lib.write_curves(workdir)
     _write_summary(workdir, summary)
     print(format_summary(summary), flush=True)
     return summary
+
+
+def _make_probe(config: mlc.ConfigDict, model_config: mlc.ConfigDict, batch: Mapping[str, np.ndarray],
+                grad_accum: int) -> vision_probe.PixelInfluence | None:
+    """The visual-pathway probe on the first batch (`log.vision_probe_every`), or None when off or
+    when the batch has no two images of one grid to swap."""
+    if not config.log.vision_probe_every or jax.process_count() > 1:
+        return None
+    first = {key: np.asarray(v)[0] for key, v in batch.items()} if grad_accum > 1 else batch
+    try:
+        return vision_probe.PixelInfluence(model_config, first)
+    except ValueError as e:
+        log.warning("vision probe off: %s", e)
+        return None
 
 
 def _account(pending, window: _Window, train_config: mlc.ConfigDict) -> None:
@@ -325,14 +347,17 @@ def _log(step: int, w: _Window, writer: metrics_lib.MetricWriter, progress: _Pro
 
 def run_eval(config: mlc.ConfigDict, model_config: mlc.ConfigDict, params: Any, tokenizer: Any, workdir: str,
              writer: metrics_lib.MetricWriter, step: int) -> dict[str, Any]:
-    """Scores the final params on the held-out tasks (`config.eval`); prints the table, writes eval/."""
+    """Scores the final params on the held-out tasks (`config.eval`: the whole split unless num_per_task
+    caps it, optionally the vision-off control); prints the table (n, score [95% CI], baseline on the
+    same items, vision-off), writes eval/."""
     from vlm_jax.eval import harness, tasks
 
     e = config.eval
     world_cfg = experiment_lib.eval_world_config(config)
     items = tasks.load_items(list(e.tasks), split=e.split, num_per_task=e.num_per_task, world_config=world_cfg)
     report = harness.evaluate(model_config, params, tokenizer, items, batch_size=e.batch_size,
-                              max_new_tokens=e.max_new_tokens, processor=experiment_lib.processor_config(config))
+                              max_new_tokens=e.max_new_tokens, processor=experiment_lib.processor_config(config),
+                              vision_off_control=e.vision_off_control)
     baselines = harness.trivial_baselines(list(e.tasks), world_config=world_cfg)
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
@@ -360,7 +385,7 @@ def _write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The concise end-of-run block printed by the CLI."""
     keys = ("model", "steps", "train_seconds", "compile_seconds", "first_loss", "final_loss", "tokens_per_second",
-            "mfu", "skipped_steps", "packing_efficiency", "final_params")
+            "mfu", "skipped_steps", "packing_efficiency", "final_params", "curves")
     width = max(len(k) for k in keys)
     lines = ["", "== run summary =="]
     lines += [f"{k:<{width}}  {summary[k]}" for k in keys if summary.get(k) is not None]

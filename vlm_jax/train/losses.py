@@ -14,12 +14,29 @@ denominator is clamped to 1e-8).
 
 Optional terms: z-loss coef * sum(w * logsumexp^2) / sum(w), and the MoE load-balancing loss
 coef * aux (aux from the model, already averaged over layers' routed tokens).
+
+The train step takes its loss as a function (`make_train_step(..., loss_fn=...)`, type `LossFn`):
+
+    loss_fn(model_out, batch, weight_total) -> (objective, stats)
+
+model_out: the model's outputs ({"logits" [B, S, V], "aux_loss"}); batch: one (micro-)batch
+(docs/CONTRACTS.md keys); weight_total: sum(loss_weights) over the whole optimizer batch (clamped
+to 1e-8). The step differentiates `objective` and adds objectives and stats up over micro-batches, so
+both must be additive: a micro-batch's share of the whole batch's value (divide by weight_total, not
+by the micro-batch's own weights). A loss may also define `metrics(stats, weight_total) -> dict` (with
+"loss") to turn the summed stats into reported metrics; without it the step reports "loss" (the summed
+objective) and the summed stats under their own names. `NextTokenLoss` is the default: the weighted
+cross-entropy above, plus z-loss, the MoE term and per-task sums.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
+
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 
 _TINY = 1e-8
 
@@ -79,3 +96,52 @@ def per_task_sums(ce: jnp.ndarray, weights: jnp.ndarray, task_ids: jnp.ndarray,
     ce_sum = jax.ops.segment_sum(wce, ids, num_segments=num_tasks + 1)
     w_sum = jax.ops.segment_sum(weights.reshape(-1), ids, num_segments=num_tasks + 1)
     return ce_sum, w_sum
+
+
+LossFn = Callable[[Mapping[str, jnp.ndarray], Mapping[str, jnp.ndarray], jnp.ndarray],
+                  tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class NextTokenLoss:
+    """The default `LossFn`: sum(w * (ce + z_loss_coef * lse^2)) / weight_total plus the MoE term
+    aux_coef * aux / num_micro (the step sums it over `num_micro` micro-batches: their mean).
+
+    Stats (sums over the micro-batch): ce_sum, z_sum, aux; with num_tasks > 0 also task_ce and
+    task_w [num_tasks + 1]. `metrics` turns their totals into loss, ce_loss, z_loss, moe_aux_loss
+    (and task_loss, task_weight)."""
+
+    z_loss_coef: float = 0.0
+    aux_coef: float = 0.0
+    num_micro: int = 1
+    num_tasks: int = 0
+
+    @classmethod
+    def from_configs(cls, model_config: mlc.ConfigDict, train_config: mlc.ConfigDict) -> NextTokenLoss:
+        """The loss a train config asks for (loss.z_loss_coef, loss.num_tasks, grad_accum_steps; the
+        model's router_aux_loss_coef for MoE models)."""
+        t = model_config.text
+        return cls(z_loss_coef=float(train_config.loss.z_loss_coef),
+                   aux_coef=float(t.router_aux_loss_coef) if t.num_experts else 0.0,
+                   num_micro=int(train_config.grad_accum_steps), num_tasks=int(train_config.loss.num_tasks))
+
+    def __call__(self, model_out: Mapping[str, jnp.ndarray], batch: Mapping[str, jnp.ndarray],
+                 weight_total: jnp.ndarray) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+        s = weighted_sums(model_out["logits"], batch["targets"], batch["loss_weights"])
+        aux = model_out["aux_loss"].astype(jnp.float32)
+        objective = (s["ce_sum"] + self.z_loss_coef * s["z_sum"]) / weight_total + self.aux_coef * aux / self.num_micro
+        stats = {"ce_sum": s["ce_sum"], "z_sum": s["z_sum"], "aux": aux}
+        if self.num_tasks:
+            stats["task_ce"], stats["task_w"] = per_task_sums(s["ce"], s["weights"], batch["task_ids"], self.num_tasks)
+        return objective, stats
+
+    def metrics(self, stats: Mapping[str, jnp.ndarray], weight_total: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """Reported metrics from the stats summed over the step's micro-batches."""
+        ce_loss = stats["ce_sum"] / weight_total
+        z_loss = self.z_loss_coef * stats["z_sum"] / weight_total
+        moe_aux = self.aux_coef * (stats["aux"] / self.num_micro if self.num_micro > 1 else stats["aux"])
+        out = {"loss": ce_loss + z_loss + moe_aux, "ce_loss": ce_loss, "z_loss": z_loss, "moe_aux_loss": moe_aux}
+        if self.num_tasks:
+            out["task_loss"] = normalize(stats["task_ce"], stats["task_w"])
+            out["task_weight"] = stats["task_w"]
+        return out

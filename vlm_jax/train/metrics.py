@@ -1,13 +1,18 @@
 """What the train loop reports: metric writers (JSONL + TensorBoard), FLOPs and MFU estimates.
 
-FLOPs of one train step are counted from the batch's real token and patch counts (padding is
-not useful work), with the usual dense-transformer formula: 6 FLOPs per parameter per token
-(forward + backward) for every matmul weight a token passes through, plus the attention score
-and value products, 12 * layers * (heads * head_dim) * context per token (6 with a causal
-mask: XLA computes every score, but MFU counts only the useful half). Embedding lookups cost
-nothing; the (tied) LM head is a matmul and counts. Frozen modules need no weight gradient,
-so they cost 4 instead of 6 per parameter (forward 2 + input gradient 2), and the vision tower
-costs only its forward 2 when nothing below the merger trains.
+MFU counts useful work only. FLOPs of one train step are counted from the batch's real token and
+patch counts (padding is not useful work), with the usual dense-transformer formula: 6 FLOPs per
+parameter per token (forward + backward) for every matmul weight a token passes through, plus the
+attention score and value products, 12 * layers * (heads * head_dim) FLOPs per attended (query, key)
+pair. Attended pairs are those the mask lets through, from the batch's actual layout
+(`text_attention_pairs`, `vision_attention_pairs`): a packed row of several sequences attends only
+within each sequence, causally, so a segment of L tokens is L^2 / 2 pairs; the cross-segment pairs
+and the masked upper triangle, which dense XLA attention computes anyway, are not counted. The ViT
+attends within each frame (P^2 pairs for P patches), or within windows in its windowed layers.
+Embedding lookups cost nothing; the (tied) LM head is a matmul and counts. A trained LLM or ViT
+costs 6 (its inner layers need input gradients even when nothing below it trains); frozen modules
+need no weight gradient, so they cost 4 (forward 2 + input gradient 2) when something below them
+trains and only their forward 2 otherwise (the vision tower whenever it is frozen).
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ PEAK_FLOPS = {
 
 
 def model_flop_counts(model_config: mlc.ConfigDict) -> dict[str, float]:
-    """Matmul parameters a token passes through, per part: {"text", "lm_head", "vision", "merger"}."""
-    from vlm_jax.params import count_params  # imported late: it traces the model
+    """Matmul parameters a token (patch) passes through, per part: {"text", "lm_head", "vision", "merger"}.
+
+    Embedding tables are lookups and do not count; the attention score / value products have no
+    parameters: `step_flops` adds them from the attended (query, key) pairs."""
+    from vlm_jax.params.count import count_params  # imported late: it traces the model
 
     c = count_params(model_config)
     t, v = model_config.text, model_config.vision
@@ -55,13 +63,56 @@ def model_flop_counts(model_config: mlc.ConfigDict) -> dict[str, float]:
             "merger": float(max(merger, 0))}
 
 
-def step_flops(model_config: mlc.ConfigDict, counts: Mapping[str, float], *, tokens: float, patches: float,
-               seq_len: int, frame_patches: float, trainable: Mapping[str, bool]) -> float:
-    """Useful FLOPs of one train step over `tokens` real tokens and `patches` real patches.
+def text_attention_pairs(segment_ids: np.ndarray) -> float:
+    """Causal (query, key) pairs the LLM's attention mask allows, summed over a batch: L^2 / 2 for
+    each segment of L tokens (a token attends to the earlier tokens of its own segment; the diagonal's
+    L / 2 is left out, as in the usual 6N + 12 * layers * width * context / 2 estimate). segment_ids
+    [..., S]: every leading axis (rows, micro-batches) is a row; id 0 is padding and attends nothing."""
+    seg = np.asarray(segment_ids)
+    if seg.ndim < 1 or seg.size == 0:
+        return 0.0
+    seg = seg.reshape(-1, seg.shape[-1]).astype(np.int64)
+    if (seg < 0).any():
+        raise ValueError("segment_ids must be >= 0 (0 = padding)")
+    # One bin per (row, segment id): tokens of a segment, wherever they sit in the row (the mask
+    # pairs equal ids).
+    keys = np.arange(seg.shape[0])[:, None] * (int(seg.max()) + 1) + seg
+    lengths = np.bincount(keys[seg != 0]).astype(np.float64)
+    return float(np.sum(lengths**2) / 2.0)
 
-    seq_len: the packed row length (attention context is at most this; we use half of it, the
-    mean causal context of a full row). frame_patches: mean patches per image/frame (the ViT
-    attends within a frame). trainable: {"llm", "merger", "vision"} -> bool."""
+
+def vision_attention_pairs(grid_thw: np.ndarray, vision_config: mlc.ConfigDict) -> float:
+    """(query, key) pairs of the ViT's attention per layer (mean over layers), summed over a batch.
+
+    Every layer attends within a frame: P^2 pairs for a frame of P = h * w patches, t frames per
+    grid row (t, h, w). With `vision.attention == "window"`, the layers outside
+    `full_attention_layers` attend within windows of `window_size // patch_size` patches a side: a
+    frame's pairs are then (sum of squared window heights) * (sum of squared window widths).
+    grid_thw [..., 3]; all-zero (padding) rows count nothing."""
+    grid = np.asarray(grid_thw, np.float64).reshape(-1, 3)
+    t, h, w = grid[:, 0], grid[:, 1], grid[:, 2]
+    full = float(np.sum(t * (h * w) ** 2))
+    if vision_config.attention != "window":
+        return full
+    wp = vision_config.window_size // vision_config.patch_size
+
+    def squares(n: np.ndarray) -> np.ndarray:  # sum of squared chunk sizes of n split into wp-chunks
+        return (n // wp) * wp**2 + (n % wp) ** 2
+
+    windowed = float(np.sum(t * squares(h) * squares(w)))
+    depth = vision_config.depth
+    n_full = sum(1 for i in set(vision_config.full_attention_layers) if 0 <= i < depth)
+    return (n_full * full + (depth - n_full) * windowed) / depth
+
+
+def step_flops(model_config: mlc.ConfigDict, counts: Mapping[str, float], *, tokens: float, patches: float,
+               text_pairs: float, vision_pairs: float, trainable: Mapping[str, bool]) -> float:
+    """Useful FLOPs of one train step over `tokens` real tokens and `patches` real patches (see the
+    module docstring for what counts).
+
+    text_pairs: `text_attention_pairs(segment_ids)` of the step's batch (causal pairs within each
+    packed segment). vision_pairs: `vision_attention_pairs(grid_thw, vision_config)` (pairs within
+    each frame / window, per ViT layer). trainable: {"llm", "merger", "vision"} -> bool."""
     t, v = model_config.text, model_config.vision
 
     def mult(train_weights: bool, need_input_grad: bool) -> float:
@@ -69,18 +120,25 @@ def step_flops(model_config: mlc.ConfigDict, counts: Mapping[str, float], *, tok
 
     below_merger = trainable["vision"]
     below_llm = below_merger or trainable["merger"]
-    llm_mult = mult(trainable["llm"], below_llm)
+    # A trained layer stack needs input gradients inside it (layer k's weight gradient needs the
+    # gradient at layer k's output), so it costs the full 6 even when nothing below it trains.
+    llm_mult = mult(trainable["llm"], below_llm or trainable["llm"])
     text = (counts["text"] + counts["lm_head"]) * tokens * llm_mult
-    # QK^T and AV: 4 * heads * head_dim FLOPs per (token, context position) forward; the mean
-    # causal context of a full packed row is seq_len / 2. `mult / 2` scales forward to fwd + bwd.
-    attn_text = 4.0 * t.num_layers * t.num_heads * t.head_dim * (seq_len / 2) * tokens * llm_mult / 2.0
+    # QK^T and AV: 4 * heads * head_dim FLOPs per attended (query, key) pair forward, per layer.
+    # They have no weights: any backward through them (dQ, dK, dV) costs twice the forward.
+    attn_text = 4.0 * t.num_layers * t.num_heads * t.head_dim * text_pairs * _attn_mult(llm_mult > 2.0)
     # The merger sees each 2x2 group once (its first matmul is over the concatenated group).
     merged = patches / (v.spatial_merge_size**2)
     merger = counts["merger"] * merged * mult(trainable["merger"], below_merger)
-    vis_mult = mult(trainable["vision"], False)
+    vis_mult = mult(trainable["vision"], trainable["vision"])
     vision = counts["vision"] * patches * vis_mult
-    attn_vision = 4.0 * v.depth * v.hidden_size * frame_patches * patches * vis_mult / 2.0
+    attn_vision = 4.0 * v.depth * v.hidden_size * vision_pairs * _attn_mult(vis_mult > 2.0)
     return float(text + attn_text + merger + vision + attn_vision)
+
+
+def _attn_mult(backward: bool) -> float:
+    """Forward + backward of the weightless attention products, in units of their forward."""
+    return 3.0 if backward else 1.0
 
 
 def device_peak_flops(device: jax.Device | None = None, override: float = 0.0) -> tuple[float, str]:

@@ -135,6 +135,7 @@ def make_train_step(
     vision_chunks: int | None = None,
     donate: bool = True,
     compiler_options: dict[str, Any] | None = None,
+    loss_fn: losses.LossFn | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """One `jax.jit` (state, batch) -> (state, metrics) with explicit shardings.
 
@@ -144,20 +145,23 @@ def make_train_step(
     vision_chunks: per-process vision buffers in the global batch (default: process count).
     donate: the input state's buffers are reused for the output state.
     compiler_options: XLA options for this jit (`CPU_FAST_COMPILE` in tests).
+    loss_fn: (model_out, batch, weight_total) -> (objective, stats), see `vlm_jax.train.losses`
+      (distillation, RL); default `losses.NextTokenLoss.from_configs(model_config, train_config)`.
 
-    Metrics (replicated scalars unless noted): loss (the optimised objective), ce_loss,
-    z_loss, moe_aux_loss (scaled), weight_sum, num_tokens, grad_norm (before clipping),
-    skipped (1 if this step was not applied), skipped_steps, consecutive_skips, lr_<group>;
-    with loss.num_tasks > 0: task_loss and task_weight [num_tasks + 1] (index = task id).
+    Metrics (replicated scalars unless noted): weight_sum, num_tokens, grad_norm (before clipping),
+    skipped (1 if this step was not applied), skipped_steps, consecutive_skips, lr_<group>, and the
+    loss's: `loss_fn.metrics(summed stats, weight_total)` when it has that method, else loss (the
+    summed objective) and the summed stats. The default loss reports loss (the optimised objective),
+    ce_loss, z_loss, moe_aux_loss (scaled); with loss.num_tasks > 0 also task_loss and task_weight
+    [num_tasks + 1] (index = task id). The non-finite guard checks "loss" and grad_norm.
     """
     mc = effective_model_config(model_config, train_config)
     model = Qwen3VL(mc)
     tx = build_optimizer(train_config, mc)
     schedules = lr_schedules(train_config)
     k_micro = train_config.grad_accum_steps
-    z_coef = float(train_config.loss.z_loss_coef)
-    aux_coef = float(mc.text.router_aux_loss_coef) if mc.text.num_experts else 0.0
-    num_tasks = int(train_config.loss.num_tasks)
+    loss_fn = losses.NextTokenLoss.from_configs(mc, train_config) if loss_fn is None else loss_fn
+    loss_metrics = getattr(loss_fn, "metrics", None)
     guard = bool(train_config.guard.skip_nonfinite)
     chunks = jax.process_count() if vision_chunks is None else vision_chunks
     boxed = abstract_state(mc, train_config)  # traced once: shapes, logical names, optimizer structure
@@ -168,46 +172,36 @@ def make_train_step(
     b_shardings = rules_lib.batch_shardings(shapes, mesh, rules, microbatched=microbatched)
     metrics_sharding = rules_lib.replicated(mesh)
 
-    def loss_fn(params, mb, weight_total):
+    def objective_fn(params, mb, weight_total):
         # Frozen params: no gradient flows, so XLA drops their weight-gradient computation.
         params = jax.tree.map(lambda t, p: p if t else jax.lax.stop_gradient(p), trainable, params)
         pixel_values, grid_thw = compact_vision(mb["pixel_values"], mb["grid_thw"], chunks)
         out = model.apply({"params": params}, mb["input_ids"], mb["position_ids"], mb["segment_ids"],
                           pixel_values, grid_thw)
-        s = losses.weighted_sums(out["logits"], mb["targets"], mb["loss_weights"])
-        aux = out["aux_loss"].astype(jnp.float32)
-        objective = (s["ce_sum"] + z_coef * s["z_sum"]) / weight_total + aux_coef * aux / k_micro
-        stats = {"ce_sum": s["ce_sum"], "z_sum": s["z_sum"], "aux": aux,
-                 "num_tokens": jnp.sum(mb["segment_ids"] != 0).astype(jnp.float32)}
-        if num_tasks:
-            stats["task_ce"], stats["task_w"] = losses.per_task_sums(s["ce"], s["weights"], mb["task_ids"], num_tasks)
-        return objective, stats
+        return loss_fn(out, mb, weight_total)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(objective_fn, has_aux=True)
 
     def step(state: TrainState, batch: dict[str, jax.Array]):
         params = state.params
         weight_sum = jnp.sum(batch["loss_weights"].astype(jnp.float32))
         weight_total = jnp.maximum(weight_sum, 1e-8)
         if k_micro == 1:
-            (_, stats), grads = grad_fn(params, batch, weight_total)
+            (objective, stats), grads = grad_fn(params, batch, weight_total)
         else:
             def body(carry, mb):
-                g_acc, s_acc = carry
-                (_, s), g = grad_fn(params, mb, weight_total)
-                return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
+                (o, s), g = grad_fn(params, mb, weight_total)
+                return jax.tree.map(jnp.add, carry, (g, o, s)), None
 
-            zeros_g = jax.tree.map(jnp.zeros_like, params)
             first = jax.tree.map(lambda x: x[0], batch)
-            zeros_s = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                   jax.eval_shape(lambda: grad_fn(params, first, weight_total)[0][1]))
-            (grads, stats), _ = jax.lax.scan(body, (zeros_g, zeros_s), batch)
-            stats = dict(stats, aux=stats["aux"] / k_micro)
+            zeros_g = jax.tree.map(jnp.zeros_like, params)
+            zeros_os = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                    jax.eval_shape(lambda: grad_fn(params, first, weight_total)[0]))
+            zeros = (zeros_g, *zeros_os)
+            (grads, objective, stats), _ = jax.lax.scan(body, zeros, batch)
 
-        ce_loss = stats["ce_sum"] / weight_total
-        z_loss = z_coef * stats["z_sum"] / weight_total
-        moe_aux = aux_coef * stats["aux"]
-        loss = ce_loss + z_loss + moe_aux
+        loss_out = loss_metrics(stats, weight_total) if loss_metrics is not None else {"loss": objective, **stats}
+        loss = loss_out["loss"]
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, state.opt_state, params)
@@ -229,16 +223,13 @@ def make_train_step(
             consecutive_skips=jnp.where(skipped, state.consecutive_skips + 1, 0),
         )
         metrics = {
-            "loss": loss, "ce_loss": ce_loss, "z_loss": z_loss, "moe_aux_loss": moe_aux,
-            "weight_sum": weight_sum, "num_tokens": stats["num_tokens"], "grad_norm": grad_norm,
-            "skipped": skipped_i, "skipped_steps": new_state.skipped_steps,
+            **loss_out,
+            "weight_sum": weight_sum, "num_tokens": jnp.sum(batch["segment_ids"] != 0).astype(jnp.float32),
+            "grad_norm": grad_norm, "skipped": skipped_i, "skipped_steps": new_state.skipped_steps,
             "consecutive_skips": new_state.consecutive_skips,
         }
         for g in GROUPS:
             metrics[f"lr_{g}"] = jnp.asarray(schedules[g](applied), jnp.float32)
-        if num_tasks:
-            metrics["task_loss"] = losses.normalize(stats["task_ce"], stats["task_w"])
-            metrics["task_weight"] = stats["task_w"]
         return new_state, metrics
 
     def traced(state, batch):

@@ -158,7 +158,7 @@ def stage_config(stage: str, size: str = "8b", scale: str = "full", thinking: bo
     if thinking:
         c.data.pipeline.thinking = "thinking"
     if tiny:
-        c.data.pipeline.processor = {"min_pixels": 64 * 64, "max_pixels": 64 * 64}
+        c.data.pipeline.processor.update(min_pixels=64 * 64, max_pixels=64 * 64)
         c.model.vision.attention_block = 64  # 16-patch frames; see synthetic_tiny.py
         t.remat_policy = "full"
     else:

@@ -6,7 +6,7 @@ so any index can be produced directly (random access) in any process.
 
 Splits: ``"train"`` is infinite. Every other split named in ``config.eval_splits`` (default
 ``eval`` and ``test``, 1000 samples each) is fixed-size and held out: a sample's *plan* (its semantic
-content, see ``tasks.py``) is hashed into ``config.holdout_buckets`` buckets; bucket 0 belongs to
+content, see ``tasks/``) is hashed into ``config.holdout_buckets`` buckets; bucket 0 belongs to
 the held-out splits only and the train split never produces it (rejection with the next attempt).
 Train and held-out samples therefore never share a scene / question content, not only a seed.
 """
@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections as mlc
 import numpy as np
 
+from vlm_jax.configs.validate import check_keys
 from vlm_jax.data.synthetic import render as R
 from vlm_jax.data.synthetic import tasks as T
 
@@ -159,9 +160,9 @@ class SyntheticWorld:
         cfg = default_config().to_dict()
         given = dict(config.to_dict() if isinstance(config, mlc.ConfigDict) else (config or {}))
         given.update(overrides)
+        # Task mixtures and split sizes are keyed by names the user chooses; `_setup` checks them.
+        check_keys(given, cfg, "world", partial=True, free=("tasks", "eval_splits"))
         for k, v in given.items():
-            if k not in cfg:
-                raise KeyError(f"unknown synthetic world config key {k!r}")
             if isinstance(v, mlc.ConfigDict):
                 v = v.to_dict()
             cfg[k] = dict(v) if isinstance(v, Mapping) else v

@@ -1,13 +1,10 @@
 """Parameter counts per model config, from shapes alone (nothing is allocated).
 
-`python -m vlm_jax.params` prints total and active parameters for every size, next to the
-published totals of the released Qwen3-VL checkpoints.
+`table()` lists total and active parameters for every size, next to the published totals of the
+released Qwen3-VL checkpoints (`python -m vlm_jax.params` prints it).
 """
 
 from __future__ import annotations
-
-import json
-import sys
 
 import flax.linen as nn
 import jax
@@ -42,21 +39,3 @@ def table() -> list[dict]:
             row["rel_diff"] = n["total"] / 1e9 / published - 1
         rows.append(row)
     return rows
-
-
-def main(argv: list[str]) -> None:
-    rows = table()
-    if "--json" in argv:
-        print(json.dumps(rows, indent=1))
-        return
-    print(f"{'size':<11}{'total':>10}{'active':>10}{'vision':>9}{'published':>11}{'diff':>8}")
-    for r in rows:
-        pub = f"{r['published_total_B']:.2f}B" if r["published_total_B"] else "-"
-        diff = f"{100 * r['rel_diff']:+.1f}%" if "rel_diff" in r else ""
-        fmt = (lambda x: f"{x:.3f}B") if r["total_B"] >= 0.1 else (lambda x: f"{x * 1e3:.2f}M")
-        print(f"{r['size']:<11}{fmt(r['total_B']):>10}{fmt(r['active_B']):>10}{fmt(r['vision_B']):>9}"
-              f"{pub:>11}{diff:>8}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

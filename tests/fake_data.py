@@ -1,4 +1,4 @@
-"""Random packed batches in the CONTRACTS.md format, for tests and smoke runs of the trainer.
+"""Random packed batches in the CONTRACTS.md format, for the trainer's tests.
 
 Rows hold 1-3 samples; a sample is random text, optionally with one image
 (`<|vision_start|>`, t*h*w/4 `<|image_pad|>`, `<|vision_end|>`) whose patches go into the

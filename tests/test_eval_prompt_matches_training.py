@@ -1,0 +1,35 @@
+"""The evaluation prompt of a held-out item is token-identical to the training tokens of the same
+sample up to the answer, with the same pixels: a model is scored on exactly what it was trained on."""
+
+import numpy as np
+import pytest
+
+from vlm_jax.configs import experiment as experiment_lib
+from vlm_jax.configs.synthetic_tiny import get_config
+from vlm_jax.data.pipeline import tokenize_sample
+from vlm_jax.eval import tasks
+from vlm_jax.inference.prompt import build_prompt
+from vlm_jax.train import data as data_lib
+
+
+@pytest.mark.parametrize("family", ["counting", "grounding", "pointing"])
+def test_eval_prompt_is_the_training_prefix(family):
+    c = get_config()
+    tokenizer = data_lib.make_tokenizer(c.data)
+    pipeline_config = data_lib.pipeline_config(c.data, seed=0, weights=None)
+    processor = experiment_lib.processor_config(c)
+    world = data_lib.make_source("synthetic", c.data.sources.synthetic).world
+    items = tasks.synthetic_items(family, 6, world=world)
+    assert len(items) == 6
+    for item in items:
+        prompt = build_prompt(item.messages, item.images, item.videos, tokenizer, processor)
+        train = tokenize_sample(item.to_sample(), tokenizer, pipeline_config,
+                                processor_config=pipeline_config.processor)
+        ids = np.asarray(train["input_ids"])
+        n = len(prompt.input_ids)
+        np.testing.assert_array_equal(ids[:n], prompt.input_ids, err_msg=f"{item.id}: prompt differs from training")
+        # After the prompt comes the supervised answer (through <|im_end|>), then the turn's newline.
+        mask = np.asarray(train["loss_mask"])
+        assert not mask[:n].any() and mask[n:-1].all() and not mask[-1]
+        np.testing.assert_array_equal(np.asarray(train["grid_thw"]), prompt.grid_thw)
+        np.testing.assert_allclose(np.asarray(train["pixel_values"]), prompt.pixel_values, atol=1e-6)
