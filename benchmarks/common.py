@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: core count, interleaved timing, JSON output, input builders.
+"""Shared helpers for the benchmarks: core count, interleaved timing, JSON output, input builders,
+the Hugging Face reference model.
 
 Timings on a shared CPU are noisy, so `interleaved` alternates the contenders repetition by
 repetition (ABBA order, so neither side always runs right after the other) and the benchmarks
@@ -198,3 +199,23 @@ def vlm_batch(config, batch: int, seq: int, images: int, image_size: int, seed: 
     return dict(input_ids=ids.astype(np.int32), token_types=types,
                 grid_thw=grid.astype(np.int32), pixel_values=pixel_values, position_ids=pos,
                 images_per_row=per_row, visual_tokens_per_image=n_vis)
+
+
+def hf_model(config, seed: int, attn: str, *, train: bool):
+    """A randomly initialised HF Qwen3-VL (dense or MoE) for our `config`, with `attn` attention
+    (sdpa | eager) in the text model and the vision tower; in train mode if `train`, else eval mode."""
+    import torch
+    import transformers
+
+    from vlm_jax.convert import hf as convert
+
+    torch.manual_seed(seed)
+    d = convert.hf_config_from(config)
+    moe = bool(config.text.num_experts)
+    cfg_cls = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
+    cls = (transformers.Qwen3VLMoeForConditionalGeneration if moe
+           else transformers.Qwen3VLForConditionalGeneration)
+    model = cls(cfg_cls(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")}))
+    for cfg in (model.config, model.model.visual.config, model.model.language_model.config):
+        cfg._attn_implementation = attn
+    return model.train(train)

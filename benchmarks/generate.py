@@ -24,7 +24,6 @@ Progress goes to stderr; stdout is one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
+from absl import flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from vlm_jax import cli  # noqa: E402
 from vlm_jax.configs import model as model_configs  # noqa: E402
 from vlm_jax.convert import hf as convert  # noqa: E402
 from vlm_jax.inference.generate import generate  # noqa: E402
@@ -45,21 +45,7 @@ HEADLINE_BATCHES = (1, 8)
 SIDES = ("ref", "ours", "ours_host_loop")
 
 
-def hf_model(c, seed: int, attn: str):
-    """A randomly initialised HF Qwen3-VL (dense or MoE) for our config, in eval mode."""
-    torch.manual_seed(seed)
-    d = convert.hf_config_from(c)
-    moe = bool(c.text.num_experts)
-    cfg_cls = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
-    cls = (transformers.Qwen3VLMoeForConditionalGeneration if moe
-           else transformers.Qwen3VLForConditionalGeneration)
-    model = cls(cfg_cls(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")}))
-    for cfg in (model.config, model.model.visual.config, model.model.language_model.config):
-        cfg._attn_implementation = attn
-    return model.eval()
-
-
-def bench_one(c, hf, params, batch: int, images_per_row: int, args) -> dict:
+def bench_one(name: str, c, hf, params, batch: int, images_per_row: int, args) -> dict:
     data = common.vlm_batch(c, batch, args.prompt_len, images_per_row * batch, args.image_size, seed=batch)
     ids = data["input_ids"]
     has_vis = images_per_row > 0
@@ -87,7 +73,7 @@ def bench_one(c, hf, params, batch: int, images_per_row: int, args) -> dict:
         "ours_host_loop_1": lambda: ours_run(1, False), "ours_host_loop_n": lambda: ours_run(n, False),
     }
     agree = float(np.mean(hf_run(n) == ours_run(n, True)))
-    times = common.interleaved(fns, reps=args.reps or DEFAULT_REPS.get(args.config, 3), warmup=1)
+    times = common.interleaved(fns, reps=args.reps or DEFAULT_REPS.get(name, 3), warmup=1)
     out = {"prompt": "image" if has_vis else "text", "batch": batch, "prompt_len": args.prompt_len,
            "images_per_row": images_per_row, "patches_per_row": int(data["pixel_values"].shape[0]) // batch,
            "new_tokens": n, "greedy_token_agreement": agree}
@@ -120,24 +106,26 @@ def headline(runs: list[dict]) -> list[dict]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default="tiny,100m")
-    p.add_argument("--batches", default="1,8")
-    p.add_argument("--prompt_len", type=int, default=64)
-    p.add_argument("--new_tokens", type=int, default=32)
-    p.add_argument("--prompts", default="image,text", help="prompt kinds to run: image and / or text")
-    p.add_argument("--images", type=int, default=1, help="images per row of the image prompts")
-    p.add_argument("--image_size", type=int, default=64)
-    p.add_argument("--reps", type=int, default=0, help="timed repetitions (0: per-config default)")
-    p.add_argument("--attn", default="sdpa", help="HF attention implementation (sdpa | eager)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("configs", "tiny,100m", "comma-separated model sizes (get_config names)", flag_values=FLAGS)
+flags.DEFINE_string("batches", "1,8", "comma-separated batch sizes", flag_values=FLAGS)
+flags.DEFINE_integer("prompt_len", 64, "prompt tokens per row", flag_values=FLAGS)
+flags.DEFINE_integer("new_tokens", 32, "tokens generated per row", flag_values=FLAGS)
+flags.DEFINE_string("prompts", "image,text", "prompt kinds to run: image and / or text", flag_values=FLAGS)
+flags.DEFINE_integer("images", 1, "images per row of the image prompts", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", 64, "image side in pixels", flag_values=FLAGS)
+flags.DEFINE_integer("reps", 0, "timed repetitions (0: per-config default)", flag_values=FLAGS)
+flags.DEFINE_string("attn", "sdpa", "HF attention implementation (sdpa | eager)", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "weights seed", flag_values=FLAGS)
+
+
+def run(args: flags.FlagValues) -> None:
+    """Benchmarks generation with the parsed flags `args` (`FLAGS`); one JSON object on stdout."""
     kinds = [k for k in args.prompts.split(",") if k]
     if not kinds or set(kinds) - {"image", "text"}:
-        p.error(f"--prompts must list image and / or text, got {args.prompts!r}")
+        raise ValueError(f"--prompts must list image and / or text, got {args.prompts!r}")
     if "image" in kinds and args.images < 1:
-        p.error("--images must be >= 1 for image prompts")
+        raise ValueError("--images must be >= 1 for image prompts")
 
     start = common.host_start()
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -146,19 +134,18 @@ def main() -> None:
                         "ours_host_loop": "vlm_jax generate: XLA, jitted prefill + jitted step per token, "
                                           "Python loop",
                         "ref": f"transformers Qwen3-VL generate: eager PyTorch, {args.attn} attention"},
-              "settings": dict(vars(args)), "headline": [], "runs": []}
+              "settings": args.flag_values_dict(), "headline": [], "runs": []}
     for name in args.configs.split(","):
-        args.config = name
         c = model_configs.get_config(name)
         common.log(f"[{name}] building models")
-        hf = hf_model(c, args.seed, args.attn)
+        hf = common.hf_model(c, args.seed, args.attn, train=False)
         tensors = ((k, v.detach().numpy()) for k, v in hf.state_dict().items())
         params = convert.params_from_hf_tensors(tensors, c)
         n_params = sum(x.numel() for x in hf.parameters())
         for kind in kinds:
             for b in (int(x) for x in args.batches.split(",")):
                 common.log(f"[{name}] {kind} prompts, batch {b}")
-                r = bench_one(c, hf, params, b, args.images if kind == "image" else 0, args)
+                r = bench_one(name, c, hf, params, b, args.images if kind == "image" else 0, args)
                 result["runs"].append({"config": name, "params_m": round(n_params / 1e6, 1), **r})
                 common.log(r)
     result["headline"] = headline(result["runs"])
@@ -166,5 +153,10 @@ def main() -> None:
     common.print_json(result)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark on `argv` (without the program name); returns the exit status."""
+    return cli.run(FLAGS, lambda: run(FLAGS), argv, doc=__doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

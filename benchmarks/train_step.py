@@ -19,7 +19,6 @@ Progress goes to stderr; stdout is one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -32,8 +31,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from absl import flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from vlm_jax import cli  # noqa: E402
 from vlm_jax.configs import model as model_configs  # noqa: E402
 from vlm_jax.convert import hf as convert  # noqa: E402
 from vlm_jax.model.vlm import Qwen3VL  # noqa: E402
@@ -42,20 +43,6 @@ LOSS_TOL = 1e-4
 # Timed steps and extra untimed warm-up steps per side (step 0, which is checked, always warms up).
 DEFAULT_STEPS = {"tiny": 6, "tiny-moe": 6, "100m": 2}
 DEFAULT_WARMUP = {"tiny": 1, "tiny-moe": 1, "100m": 0}
-
-
-def hf_model(c, seed: int, attn: str):
-    """A randomly initialised HF Qwen3-VL (dense or MoE) for our config, in train mode."""
-    torch.manual_seed(seed)
-    d = convert.hf_config_from(c)
-    moe = bool(c.text.num_experts)
-    cfg_cls = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
-    cls = (transformers.Qwen3VLMoeForConditionalGeneration if moe
-           else transformers.Qwen3VLForConditionalGeneration)
-    model = cls(cfg_cls(**{k: v for k, v in d.items() if k not in ("architectures", "model_type")}))
-    for cfg in (model.config, model.model.visual.config, model.model.language_model.config):
-        cfg._attn_implementation = attn
-    return model.train()
 
 
 def ours_step_fn(c, opt):
@@ -86,7 +73,7 @@ def bench_config(name: str, args) -> dict:
         c.lock()
     b = common.vlm_batch(c, args.batch, args.seq, args.images, args.image_size, seed=args.seed)
     common.log(f"[{name}] building HF model ({args.ref_attn} attention) and converting weights")
-    ref = hf_model(c, args.seed, args.ref_attn)
+    ref = common.hf_model(c, args.seed, args.ref_attn, train=True)
     params = convert.params_from_hf_tensors(((k, v.detach().numpy()) for k, v in ref.state_dict().items()), c)
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
     n_ref = sum(p.numel() for p in ref.parameters())
@@ -176,27 +163,27 @@ def bench_config(name: str, args) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", default="tiny,100m", help="comma-separated model sizes (get_config names)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--images", type=int, default=4,
-                   help="images in the whole batch (dealt to the rows round-robin)")
-    p.add_argument("--image_size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=0,
-                   help=f"timed steps per side (0: per-config default {DEFAULT_STEPS}, else 2)")
-    p.add_argument("--warmup", type=int, default=-1,
-                   help=f"untimed steps per side after the checked step 0 (-1: {DEFAULT_WARMUP}, else 0)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ref_attn", default="sdpa", choices=("sdpa", "eager"),
-                   help="HF attention implementation (sdpa is transformers' default)")
-    p.add_argument("--moe_impl", default="ragged", choices=("ragged", "dense"), help="ours, for tiny-moe")
-    p.add_argument("--alone", action="store_true",
-                   help="time each side in its own loop (default: repetitions alternate between the sides)")
-    args = p.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("configs", "tiny,100m", "comma-separated model sizes (get_config names)", flag_values=FLAGS)
+flags.DEFINE_integer("batch", 4, "rows per batch", flag_values=FLAGS)
+flags.DEFINE_integer("seq", 512, "tokens per row", flag_values=FLAGS)
+flags.DEFINE_integer("images", 4, "images in the whole batch (dealt to the rows round-robin)", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", 224, "image side in pixels", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 0, f"timed steps per side (0: per-config default {DEFAULT_STEPS}, else 2)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("warmup", -1, f"untimed steps per side after the checked step 0 (-1: {DEFAULT_WARMUP}, else 0)",
+                     flag_values=FLAGS)
+flags.DEFINE_float("lr", 1e-4, "AdamW learning rate", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "weights and data seed", flag_values=FLAGS)
+flags.DEFINE_enum("ref_attn", "sdpa", ["sdpa", "eager"], "HF attention implementation (sdpa is transformers' default)",
+                  flag_values=FLAGS)
+flags.DEFINE_enum("moe_impl", "ragged", ["ragged", "dense"], "ours, for tiny-moe", flag_values=FLAGS)
+flags.DEFINE_bool("alone", False, "time each side in its own loop (default: repetitions alternate between the sides)",
+                  flag_values=FLAGS)
 
+
+def run(args: flags.FlagValues) -> None:
+    """Benchmarks every config of the parsed flags `args` (`FLAGS`); one JSON object on stdout."""
     start = common.host_start()
     cores = common.num_cores()
     torch.set_num_threads(cores)
@@ -208,5 +195,10 @@ def main(argv=None) -> None:
     common.print_json({"setup": setup, "configs": results, "host": common.host_report(start)})
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark on `argv` (without the program name); returns the exit status."""
+    return cli.run(FLAGS, lambda: run(FLAGS), argv, doc=__doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,7 +21,6 @@ SigLIP2-Large tower) with 4 decoder and 6 ViT layers. Progress goes to stderr; s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -34,8 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import ml_collections as mlc  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from vlm_jax import cli  # noqa: E402
 from vlm_jax.configs import experiment, synthetic_tiny  # noqa: E402
 from vlm_jax.configs import model as model_configs  # noqa: E402
 from vlm_jax.parallel import make_mesh  # noqa: E402
@@ -66,13 +67,14 @@ def model_dict(name: str, dtype: str) -> dict:
 def experiment_config(name: str, args) -> mlc.ConfigDict:
     c = synthetic_tiny.get_config()
     c.model = mlc.ConfigDict(model_dict(name, args.dtype))
+    c.data.pipeline.processor.patch_size = c.model.vision.patch_size  # the pipeline patchifies for this model
     c.train.num_train_steps = args.steps
     c.train.optimizer.warmup_steps = 2
     c.train.checkpoint.every_steps = 10**6  # only the final save
     c.train.remat_policy = args.remat
     c.data.pipeline.update(seq_len=args.seq, batch_size=args.batch, max_patches=args.max_patches)
     c.eval.tasks = ()
-    c.log.update(every_steps=max(1, args.steps // 4), tensorboard=False, progress=False)
+    c.log.update(every_steps=max(1, args.steps // 4), tensorboard=False, progress=False, vision_probe_every=0)
     return c
 
 
@@ -143,24 +145,31 @@ def bench_config(name: str, args) -> dict:
     }
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="tiny,100m", help="comma-separated: tiny, tiny-moe, 100m, 2b-shallow, ...")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--max_patches", type=int, default=2048)
-    ap.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on accelerators)")
-    ap.add_argument("--remat", default="full", help="train.remat_policy")
-    ap.add_argument("--step_reps", type=int, default=5)
-    ap.add_argument("--pipeline_batches", type=int, default=20)
-    args = ap.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("configs", "tiny,100m", "comma-separated: tiny, tiny-moe, 100m, 2b-shallow, ...", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 20, "train-loop steps", flag_values=FLAGS)
+flags.DEFINE_integer("seq", 512, "data.pipeline.seq_len", flag_values=FLAGS)
+flags.DEFINE_integer("batch", 8, "data.pipeline.batch_size", flag_values=FLAGS)
+flags.DEFINE_integer("max_patches", 2048, "data.pipeline.max_patches", flag_values=FLAGS)
+flags.DEFINE_string("dtype", "float32", "compute dtype (bfloat16 on accelerators)", flag_values=FLAGS)
+flags.DEFINE_string("remat", "full", "train.remat_policy", flag_values=FLAGS)
+flags.DEFINE_integer("step_reps", 5, "repetitions of the step-only measurement", flag_values=FLAGS)
+flags.DEFINE_integer("pipeline_batches", 20, "batches of the pipeline-only measurement", flag_values=FLAGS)
+
+
+def run(args: flags.FlagValues) -> None:
+    """Benchmarks every config of the parsed flags `args` (`FLAGS`); one JSON object on stdout."""
     start = common.host_start()
     results = [bench_config(name, args) for name in args.configs.split(",") if name]
     common.print_json({"benchmark": "train_throughput", "device": str(jax.devices()[0].device_kind),
                        "num_devices": jax.device_count(), "cpu_cores": common.num_cores(),
-                       "settings": vars(args), "results": results, "host": common.host_report(start)})
+                       "settings": args.flag_values_dict(), "results": results, "host": common.host_report(start)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark on `argv` (without the program name); returns the exit status."""
+    return cli.run(FLAGS, lambda: run(FLAGS), argv, doc=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

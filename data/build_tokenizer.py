@@ -10,25 +10,30 @@ The build is deterministic: same world (default config, seed 0) -> byte-identica
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from absl import flags  # noqa: E402
+
+from vlm_jax import cli  # noqa: E402
+
 OUTPUTS = (
     ROOT / "data" / "synthetic_tokenizer.json",
     ROOT / "vlm_jax" / "assets" / "synthetic_tokenizer.json",
 )
 
 
-def main(argv: list[str] | None = None) -> int:
+FLAGS = flags.FlagValues()
+flags.DEFINE_bool("check", False, "verify the files instead of writing them", flag_values=FLAGS)
+
+
+def run(args: flags.FlagValues) -> int:
     """Builds (or with --check verifies) the tokenizer files; returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="verify the files instead of writing them")
-    args = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.path.insert(0, str(ROOT))
     from tokenizers import Tokenizer
 
     from vlm_jax.data.synthetic.vocab import SPECIAL_TOKENS, build_tokenizer_json
@@ -47,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     tok = Tokenizer.from_str(text)
     print(f"vocab size {tok.get_vocab_size()} (specials at ids 0..{len(SPECIAL_TOKENS) - 1})")
     return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the build on `argv` (without the program name); returns the exit status."""
+    return cli.run(FLAGS, lambda: run(FLAGS), argv, doc=__doc__)
 
 
 if __name__ == "__main__":

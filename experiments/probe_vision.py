@@ -1,7 +1,7 @@
 """Diagnose the visual pathway: can the model fit a vision task at all, and does it read the pixels?
 
     python experiments/probe_vision.py --steps=300                     # overfit probe: count, 256 fixed images
-    python experiments/probe_vision.py --tasks=count,ground_box --size=train   # a fresh-data run
+    python experiments/probe_vision.py --tasks=count,ground_box --fixed=0   # a fresh-data run
 
 Trains the main job's model (`vlm_jax/configs/synthetic_tiny.py`, any `--set key=value` on top)
 on a small fixed set of samples (`--fixed`, default 256; 0 = fresh samples every step) and every
@@ -17,7 +17,6 @@ loss is broken; if it can, but the model trained on fresh data does not generali
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
+from vlm_jax import cli  # noqa: E402
 from vlm_jax.configs import experiment as experiment_lib  # noqa: E402
 from vlm_jax.configs.synthetic_tiny import get_config  # noqa: E402
 from vlm_jax.parallel import make_mesh  # noqa: E402
@@ -72,17 +73,18 @@ def fixed_batches(c, fixed: int, seed: int) -> list[dict[str, np.ndarray]]:
     return list(iter(pipe))
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tasks", default="count")
-    p.add_argument("--fixed", type=int, default=256, help="train on this many fixed samples (0: fresh data)")
-    p.add_argument("--probe_samples", type=int, default=256, help="fixed samples to measure on")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--every", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], help="config override key=value (JSON values)")
-    args = p.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("tasks", "count", "comma-separated world tasks to train on", flag_values=FLAGS)
+flags.DEFINE_integer("fixed", 256, "train on this many fixed samples (0: fresh data)", flag_values=FLAGS)
+flags.DEFINE_integer("probe_samples", 256, "fixed samples to measure on", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 300, "train steps", flag_values=FLAGS)
+flags.DEFINE_integer("every", 25, "steps between evaluations", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "unused by the run; kept for command-line compatibility", flag_values=FLAGS)
+flags.DEFINE_multi_string("set", [], "config override key=value (JSON values)", flag_values=FLAGS)
 
+
+def run(args: flags.FlagValues) -> None:
+    """Trains and probes with the parsed flags `args` (`FLAGS`); JSON lines on stdout."""
     c = build_config(args)
     model_config = experiment_lib.model_config(c)
     train_config = experiment_lib.train_config(c)
@@ -111,5 +113,10 @@ def main(argv=None) -> None:
             print(json.dumps({"step": step + 1, "loss": round(float(m["loss"]), 4)}), file=sys.stderr, flush=True)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Runs the probe on `argv` (without the program name); returns the exit status."""
+    return cli.run(FLAGS, lambda: run(FLAGS), argv, doc=__doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

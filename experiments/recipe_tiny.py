@@ -13,7 +13,6 @@ Stdout ends with one JSON line of the per-stage results.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,25 +20,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from absl import flags  # noqa: E402
+
+from vlm_jax import cli  # noqa: E402
 from vlm_jax.configs import recipe  # noqa: E402
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", "runs/recipe_tiny", "one subdirectory per stage", flag_values=FLAGS)
+flags.DEFINE_string("stages", ",".join(recipe.ORDER), "comma-separated, in recipe order", flag_values=FLAGS)
+flags.DEFINE_integer("steps", None, "steps per stage (default: the tiny recipe's)", flag_values=FLAGS)
+flags.DEFINE_string("size", "tiny", "model size (tiny, tiny-moe)", flag_values=FLAGS)
+flags.DEFINE_bool("thinking", False, "SFT stages in the thinking format", flag_values=FLAGS)
+flags.DEFINE_integer("eval_num", 100, "held-out items per task for the last stage", flag_values=FLAGS)
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", default="runs/recipe_tiny")
-    ap.add_argument("--stages", default=",".join(recipe.ORDER), help="comma-separated, in recipe order")
-    ap.add_argument("--steps", type=int, default=None, help="steps per stage (default: the tiny recipe's)")
-    ap.add_argument("--size", default="tiny", help="model size (tiny, tiny-moe)")
-    ap.add_argument("--thinking", action="store_true", help="SFT stages in the thinking format")
-    ap.add_argument("--eval_num", type=int, default=100, help="held-out items per task for the last stage")
-    args = ap.parse_args(argv)
 
+def run(args: flags.FlagValues) -> int:
+    """Runs the recipe with the parsed flags `args` (`FLAGS`); returns the exit status."""
     from vlm_jax.train.loop import train_and_evaluate
 
     stages = [s for s in args.stages.split(",") if s]
     unknown = [s for s in stages if s not in recipe.STAGES]
     if unknown:
-        ap.error(f"unknown stage(s) {unknown}; stages: {', '.join(recipe.ORDER)}")
+        raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(recipe.ORDER)}")
     rows = []
     previous = None
     for i, name in enumerate(stages):
@@ -76,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['first_loss']!s:>7} {r['final_loss']!s:>7} {r['tokens_per_second']!s:>8}")
     print(json.dumps(rows, default=str))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the recipe on `argv` (without the program name); returns the exit status."""
+    return cli.run(FLAGS, lambda: run(FLAGS), argv, doc=__doc__)
 
 
 if __name__ == "__main__":

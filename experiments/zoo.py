@@ -11,7 +11,6 @@ constant-answer baseline and the vision-off control per family) and a per-task b
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -20,6 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from absl import flags  # noqa: E402
+
+from vlm_jax import cli  # noqa: E402
 from vlm_jax.configs import zoo  # noqa: E402
 
 
@@ -34,14 +36,16 @@ def per_task_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", choices=zoo.MODELS, default="student")
-    ap.add_argument("--workdir", default=None, help=f"default: {zoo.ZOO_DIR}/<model>")
-    ap.add_argument("--steps", type=int, default=None, help="override the config's train steps")
-    ap.add_argument("--eval_num", type=int, default=0, help="held-out items per family (0: the whole split)")
-    args = ap.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum("model", "student", list(zoo.MODELS), "zoo model (a vlm_jax/configs/zoo.py config)",
+                  flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, f"default: {zoo.ZOO_DIR}/<model>", flag_values=FLAGS)
+flags.DEFINE_integer("steps", None, "override the config's train steps", flag_values=FLAGS)
+flags.DEFINE_integer("eval_num", 0, "held-out items per family (0: the whole split)", flag_values=FLAGS)
 
+
+def run(args: flags.FlagValues) -> int:
+    """Trains, exports and scores the zoo model of the parsed flags `args` (`FLAGS`); returns the exit status."""
     from vlm_jax.train.loop import train_and_evaluate
 
     c = zoo.get_config(args.model)
@@ -57,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"model": args.model, "workdir": workdir, "steps": summary["steps"],
                       "train_seconds": summary["train_seconds"], "final_params": summary.get("final_params")}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the zoo training on `argv` (without the program name); returns the exit status."""
+    return cli.run(FLAGS, lambda: run(FLAGS), argv, doc=__doc__)
 
 
 if __name__ == "__main__":

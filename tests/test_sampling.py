@@ -103,7 +103,7 @@ def test_process_logits_matches_hf_chain(lp, logits, history, preset):
 def test_fast_top_k_top_p_equals_full_sort(logits):
     for k, p in [(20, 0.8), (5, 0.3), (50, 0.99), (1, 0.5)]:
         full = sampling.apply_top_p(sampling.apply_top_k(jnp.asarray(logits), k), p)
-        assert_same(sampling._top_k_then_top_p(jnp.asarray(logits), k, p), np.asarray(full))
+        assert_same(sampling.apply_top_k_then_top_p(jnp.asarray(logits), k, p), np.asarray(full))
 
 
 def test_sample_greedy_and_support(logits):

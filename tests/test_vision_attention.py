@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import LAYOUTS, TOL, build, positions, small_config
-from vlm_jax.kernels.attention import _fits, segment_attention
+from vlm_jax.kernels.attention import segment_attention, segments_fit_blocks
 from vlm_jax.model.vlm import Qwen3VL
 
 
@@ -37,11 +37,11 @@ def test_blocked_equals_dense_values_and_gradients(block):
         assert np.abs(np.asarray(a - b)).max() < 1e-5
 
 
-def test_fits_ignores_padding_runs():
+def test_segments_fit_blocks_ignores_padding_runs():
     _, _, _, seg = _flat([7, 16, 3], pad=100)
-    assert bool(_fits(seg, 16)) and not bool(_fits(seg, 15))
+    assert bool(segments_fit_blocks(seg, 16)) and not bool(segments_fit_blocks(seg, 15))
     # Two adjacent frames with different ids are separate runs.
-    assert bool(_fits(jnp.asarray([1, 1, 2, 2, 2, 0, 0, 0, 0], jnp.int32), 3))
+    assert bool(segments_fit_blocks(jnp.asarray([1, 1, 2, 2, 2, 0, 0, 0, 0], jnp.int32), 3))
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def apply_min_p(logits: jnp.ndarray, min_p: float) -> jnp.ndarray:
     return jnp.where(remove, NEG_INF, logits)
 
 
-def _top_k_then_top_p(logits: jnp.ndarray, k: int, p: float) -> jnp.ndarray:
+def apply_top_k_then_top_p(logits: jnp.ndarray, k: int, p: float) -> jnp.ndarray:
     """top-k followed by top-p without sorting the whole vocabulary: after top-k only the k
     candidates have non-zero probability, so HF's top-p rule can run on them alone and be turned
     back into a threshold on the full logits."""
@@ -183,7 +183,7 @@ def process_logits(logits: jnp.ndarray, cfg: SamplingConfig, prompt_seen: jnp.nd
     if cfg.temperature != 1.0:
         logits = apply_temperature(logits, cfg.temperature)
     if cfg.top_k > 0:
-        logits = _top_k_then_top_p(logits, cfg.top_k, cfg.top_p)
+        logits = apply_top_k_then_top_p(logits, cfg.top_k, cfg.top_p)
     elif cfg.top_p < 1.0:
         logits = apply_top_p(logits, cfg.top_p)
     if cfg.min_p > 0.0:

@@ -211,8 +211,9 @@ def _local_segment_attention(q, k, v, seg, block, impl):
     return out.reshape(n * block, h, d)[:p]
 
 
-def _fits(seg, block):
-    """Whether no non-padding segment (a run of equal ids) is longer than `block`."""
+def segments_fit_blocks(seg: jnp.ndarray, block: int) -> jnp.ndarray:
+    """Whether no non-padding segment (a run of equal ids) is longer than `block` (a traced bool):
+    then the blocked path of `segment_attention`, which looks one block either side, is exact."""
     starts = jnp.concatenate([jnp.ones((1,), bool), seg[1:] != seg[:-1]])
     run_id = jnp.cumsum(starts) - 1
     # Padding (segment 0) attends to nothing useful, so its runs may be any length.
@@ -231,7 +232,8 @@ def _branches(block, impl):
 # recomputes the taken branch (as flash attention does).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _blocked_segment_attention(q, k, v, seg, block, impl):
-    return jax.lax.cond(_fits(seg, block), _branches(block, impl)[1], _branches(block, impl)[0], q, k, v, seg)
+    dense, local = _branches(block, impl)
+    return jax.lax.cond(segments_fit_blocks(seg, block), local, dense, q, k, v, seg)
 
 
 def _blocked_fwd(q, k, v, seg, block, impl):
@@ -245,7 +247,7 @@ def _blocked_bwd(block, impl, res, g):
         return lambda q, k, v, seg: jax.vjp(lambda q, k, v: fn(q, k, v, seg), q, k, v)[1](g)
 
     dense, local = _branches(block, impl)
-    dq, dk, dv = jax.lax.cond(_fits(seg, block), grad_of(local), grad_of(dense), q, k, v, seg)
+    dq, dk, dv = jax.lax.cond(segments_fit_blocks(seg, block), grad_of(local), grad_of(dense), q, k, v, seg)
     return dq, dk, dv, None
 
 
