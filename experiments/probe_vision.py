@@ -31,18 +31,12 @@ from absl import flags  # noqa: E402
 from vlm_jax import cli  # noqa: E402
 from vlm_jax.configs import experiment as experiment_lib  # noqa: E402
 from vlm_jax.configs.synthetic_tiny import get_config  # noqa: E402
+from vlm_jax.configs.validate import merge, unflatten  # noqa: E402
 from vlm_jax.parallel import make_mesh  # noqa: E402
 from vlm_jax.train import data as data_lib  # noqa: E402
 from vlm_jax.train import vision_probe  # noqa: E402
 from vlm_jax.train.state import init_train_state  # noqa: E402
 from vlm_jax.train.step import effective_model_config, global_batch_shapes, make_train_step, put_batch  # noqa: E402
-
-
-def _parse_value(v: str):
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
 
 
 def build_config(args) -> experiment_lib.mlc.ConfigDict:
@@ -52,13 +46,14 @@ def build_config(args) -> experiment_lib.mlc.ConfigDict:
     c.data.sources.synthetic.world = world
     c.data.sources.synthetic.length = args.fixed or 10**7
     c.train.num_train_steps = args.steps
+    overrides = {}
     for item in args.set:
         key, value = item.split("=", 1)
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = _parse_value(value)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare string
+    merge(c, unflatten(overrides), "config")
     experiment_lib.validate(c)
     return c
 
@@ -79,7 +74,6 @@ flags.DEFINE_integer("fixed", 256, "train on this many fixed samples (0: fresh d
 flags.DEFINE_integer("probe_samples", 256, "fixed samples to measure on", flag_values=FLAGS)
 flags.DEFINE_integer("steps", 300, "train steps", flag_values=FLAGS)
 flags.DEFINE_integer("every", 25, "steps between evaluations", flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "unused by the run; kept for command-line compatibility", flag_values=FLAGS)
 flags.DEFINE_multi_string("set", [], "config override key=value (JSON values)", flag_values=FLAGS)
 
 
@@ -93,14 +87,13 @@ def run(args: flags.FlagValues) -> None:
     pipe, _, _ = data_lib.make_pipeline(c.data, seed=train_config.seed)
     it = iter(pipe)
     probe = fixed_batches(c, args.probe_samples, train_config.seed)
-    measures = [vision_probe.PixelInfluence(mc, b) for b in probe]
+    measure = vision_probe.PixelInfluence(mc, probe)
     state = init_train_state(mc, train_config, mesh)
     step_fn = None
     t0 = time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:
-            rows = [m(state.params) for m in measures]
-            out = {k: round(float(np.mean([r[k] for r in rows])), 5) for k in rows[0]}
+            out = {k: round(v, 5) for k, v in measure(state.params).items()}
             print(json.dumps({"step": step, "seconds": round(time.perf_counter() - t0, 1), **out}), flush=True)
         if step == args.steps:
             break

@@ -103,13 +103,16 @@ def reference_attention(q, k, v, mask):
 _MASKED = float(jnp.finfo(jnp.float32).min)
 
 
+def _query_heads_major(x, kv_heads):
+    """[B, T, H, D] (queries, outputs or their cotangents) -> [B, K, G, T, D] with G = H / K."""
+    b, t, h, d = x.shape
+    return x.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
+
+
 def _heads_major(q, k, v):
     """[B, T, H, D] q and [B, S, K, D] k/v -> [B, K, G, T, D], [B, K, S, D], [B, K, S, D]: the
     layout in which every attention matmul has its batch axes leading and contracts the last axis."""
-    b, t, h, d = q.shape
-    kh = k.shape[2]
-    qg = q.reshape(b, t, kh, h // kh, d).transpose(0, 2, 3, 1, 4)
-    return qg, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    return _query_heads_major(q, k.shape[2]), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
 def _masked_logits(qg, kt, mask):
@@ -144,7 +147,7 @@ def _fused_attention_bwd(res, dout):
     q, k, v, mask, out, m, inv_l = res
     b, t, h, d = q.shape
     qg, kt, vt = _heads_major(q, k, v)
-    dog, og = _heads_major(dout, k, v)[0], _heads_major(out, k, v)[0]
+    dog, og = _query_heads_major(dout, k.shape[2]), _query_heads_major(out, k.shape[2])
     p = jnp.exp(_masked_logits(qg, kt, mask) - m) * inv_l
     delta = jnp.sum(dog.astype(jnp.float32) * og.astype(jnp.float32), axis=-1, keepdims=True)
     dv = jnp.einsum("bkgts,bkgtd->bksd", p.astype(v.dtype), dog, preferred_element_type=jnp.float32)

@@ -294,7 +294,7 @@ def _make_probe(config: mlc.ConfigDict, model_config: mlc.ConfigDict, batch: Map
         return None
     first = {key: np.asarray(v)[0] for key, v in batch.items()} if grad_accum > 1 else batch
     try:
-        return vision_probe.PixelInfluence(model_config, first)
+        return vision_probe.PixelInfluence(model_config, [first])
     except ValueError as e:
         log.warning("vision probe off: %s", e)
         return None

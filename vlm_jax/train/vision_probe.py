@@ -15,7 +15,7 @@ visual pathway shows in the curves when it happens, not only in the final scores
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -71,13 +71,17 @@ def swap_images(batch: Mapping[str, np.ndarray], shift: int = 1) -> dict[str, np
     return {**batch, "pixel_values": new}
 
 
+def _forward(model: Qwen3VL, params: Any, batch: Mapping[str, Any], pixel_values: Any) -> dict:
+    return model.apply({"params": params}, batch["input_ids"], batch["position_ids"], batch["segment_ids"],
+                       pixel_values, batch["grid_thw"])
+
+
 def make_answer_logprob_fn(model_config: mlc.ConfigDict):
     """jitted (params, batch) -> (per-position log p(target) [B, S], logits)."""
     model = Qwen3VL(model_config)
 
     def fn(params, batch):
-        out = model.apply({"params": params}, batch["input_ids"], batch["position_ids"], batch["segment_ids"],
-                          batch["pixel_values"], batch["grid_thw"])
+        out = _forward(model, params, batch, batch["pixel_values"])
         ce, _ = losses.token_cross_entropy(out["logits"], batch["targets"])
         return -ce, out["logits"]
 
@@ -89,8 +93,7 @@ def make_pixel_grad_fn(model_config: mlc.ConfigDict):
     model = Qwen3VL(model_config)
 
     def loss(pixel_values, params, batch):
-        out = model.apply({"params": params}, batch["input_ids"], batch["position_ids"], batch["segment_ids"],
-                          pixel_values, batch["grid_thw"])
+        out = _forward(model, params, batch, pixel_values)
         return losses.weighted_sums(out["logits"], batch["targets"], batch["loss_weights"])["ce_sum"]
 
     return jax.jit(lambda params, batch: jax.grad(loss)(batch["pixel_values"], params, batch))
@@ -106,22 +109,25 @@ def per_image_norms(pixel_grads: np.ndarray, grid_thw: np.ndarray) -> np.ndarray
 
 
 class PixelInfluence:
-    """Answer dependence on the pixels for one fixed probe batch; call with params -> metrics."""
+    """Answer dependence on the pixels for fixed probe batches; call with params -> metrics (the mean
+    over the batches of each batch's measures). The jitted functions are shared by all batches."""
 
-    def __init__(self, model_config: mlc.ConfigDict, probe_batch: Mapping[str, np.ndarray]):
-        self.batch = {k: np.asarray(v) for k, v in probe_batch.items()}
-        self.swapped = swap_images(self.batch)
+    def __init__(self, model_config: mlc.ConfigDict, probe_batches: Sequence[Mapping[str, np.ndarray]]):
+        self.batches = [{k: np.asarray(v) for k, v in b.items()} for b in probe_batches]
+        if not self.batches:
+            raise ValueError("PixelInfluence needs at least one probe batch")
+        self.swapped = [swap_images(b) for b in self.batches]
         self.logprob = make_answer_logprob_fn(model_config)
         self.pixel_grad = make_pixel_grad_fn(model_config)
-        self.supervised = self.batch["loss_weights"] > 0
 
-    def __call__(self, params: Any) -> dict[str, float]:
-        lp, logits = jax.device_get(self.logprob(params, self.batch))
-        lp_swap, logits_swap = jax.device_get(self.logprob(params, self.swapped))
-        acc = answer_accuracy(logits, self.batch)
-        acc_swap = answer_accuracy(logits_swap, self.swapped)
-        norms = per_image_norms(jax.device_get(self.pixel_grad(params, self.batch)), self.batch["grid_thw"])
-        s = self.supervised
+    def _measure(self, params: Any, batch: Mapping[str, np.ndarray], swapped: Mapping[str, np.ndarray]
+                 ) -> dict[str, float]:
+        lp, logits = jax.device_get(self.logprob(params, batch))
+        lp_swap, logits_swap = jax.device_get(self.logprob(params, swapped))
+        acc = answer_accuracy(logits, batch)
+        acc_swap = answer_accuracy(logits_swap, swapped)
+        norms = per_image_norms(jax.device_get(self.pixel_grad(params, batch)), batch["grid_thw"])
+        s = batch["loss_weights"] > 0
         return {
             "vision/answer_logprob": float(lp[s].mean()),
             "vision/logprob_drop_on_swap": float(lp[s].mean() - lp_swap[s].mean()),
@@ -129,3 +135,7 @@ class PixelInfluence:
             "vision/answer_acc_swapped": float(np.mean(list(acc_swap.values()))),
             "vision/pixel_grad_norm": float(np.median(norms)) if norms.size else 0.0,
         }
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        rows = [self._measure(params, b, sw) for b, sw in zip(self.batches, self.swapped)]
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
