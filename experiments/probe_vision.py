@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from vlm_jax import cli  # noqa: E402
@@ -58,16 +57,6 @@ def build_config(args) -> experiment_lib.mlc.ConfigDict:
     return c
 
 
-def fixed_batches(c, fixed: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """One pass over the first `fixed` samples of the training split, packed as in training."""
-    d = experiment_lib.mlc.ConfigDict(c.data.to_dict())
-    d.sources.synthetic.length = fixed
-    d.pipeline.shuffle = False
-    d.pipeline.num_epochs = 1
-    pipe, _, _ = data_lib.make_pipeline(d, seed=seed)
-    return list(iter(pipe))
-
-
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("tasks", "count", "comma-separated world tasks to train on", flag_values=FLAGS)
 flags.DEFINE_integer("fixed", 256, "train on this many fixed samples (0: fresh data)", flag_values=FLAGS)
@@ -86,7 +75,7 @@ def run(args: flags.FlagValues) -> None:
     mesh = make_mesh(train_config.parallel)
     pipe, _, _ = data_lib.make_pipeline(c.data, seed=train_config.seed)
     it = iter(pipe)
-    probe = fixed_batches(c, args.probe_samples, train_config.seed)
+    probe = data_lib.first_batches(c.data, args.probe_samples, train_config.seed)
     measure = vision_probe.PixelInfluence(mc, probe)
     state = init_train_state(mc, train_config, mesh)
     step_fn = None

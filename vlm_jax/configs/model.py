@@ -68,6 +68,10 @@ def base_config() -> mlc.ConfigDict:
     v.temporal_patch_size = 2
     v.spatial_merge_size = 2
     v.num_position_embeddings = 2304  # a 48 x 48 learned grid, bilinearly resampled per image
+    # Init of that grid (only matters from scratch; checkpoints overwrite it): "normal" (std 0.02, as
+    # HF) or "sincos" (2D sine-cosine times `pos_embed_init_scale`, a smooth position code from step 0).
+    v.pos_embed_init = "normal"
+    v.pos_embed_init_scale = 1.0
     v.rope_theta = 10000.0
     v.layer_norm_eps = 1e-6
     v.deepstack_layers = (8, 16, 24)  # ViT layers whose outputs feed the DeepStack mergers
@@ -105,6 +109,9 @@ def base_config() -> mlc.ConfigDict:
     c.merger = "mlp"  # "mlp" (Qwen2/3-VL 2x2 MLP merger) | "resampler" (Qwen-VL cross-attention ablation)
     c.resampler_num_queries = 256
     c.deepstack = True  # False: the "no DeepStack" ablation (mergers are not built or applied)
+    # Init std of the mergers' output layers, as a multiple of 0.02 (0: zeros). From scratch, visual
+    # tokens that start at zero add no noise to the decoder, which otherwise learns to stop reading them.
+    c.merger_out_init_scale = 1.0
 
     c.image_token_id = 151655
     c.video_token_id = 151656

@@ -269,14 +269,14 @@ def character_error_rate(prediction: str, reference: str) -> float:
     return min(1.0, edit_distance(prediction, reference) / len(reference))
 
 
-def _clean(text: str) -> str:
+def clean_ocr(text: str) -> str:
     """Whitespace collapsed, and surrounding quotes / a final full stop removed ('"SUN".' -> 'SUN')."""
     return " ".join(text.split()).strip("\"'`").rstrip(".").strip("\"'`").strip()
 
 
 def ocr_exact(prediction: str, reference: str) -> Score:
-    """Case-sensitive exact match after `_clean`; extras: cer (of the cleaned strings)."""
-    pred, ref = _clean(prediction), _clean(reference)
+    """Case-sensitive exact match after `clean_ocr`; extras: cer (of the cleaned strings)."""
+    pred, ref = clean_ocr(prediction), clean_ocr(reference)
     cer = character_error_rate(pred, ref)
     if not pred:
         return _malformed(cer=cer)

@@ -36,11 +36,12 @@ class Dense(nn.Module):
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    init_scale: float = 1.0  # kernel init std is 0.02 * init_scale (0: zeros)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", param_init(DEFAULT_INIT, self.axes), (x.shape[-1], self.features),
-                            self.param_dtype)
+        init = nn.initializers.normal(0.02 * self.init_scale) if self.init_scale else nn.initializers.zeros
+        kernel = self.param("kernel", param_init(init, self.axes), (x.shape[-1], self.features), self.param_dtype)
         y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
             bias = self.param("bias", param_init(nn.initializers.zeros, self.axes[1:]), (self.features,),

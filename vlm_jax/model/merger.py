@@ -5,10 +5,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 
 from vlm_jax.kernels.attention import dot_product_attention
-from vlm_jax.model import layers
+from vlm_jax.model import layers, rope
 
 
 class PatchMerger(nn.Module):
@@ -32,19 +31,8 @@ class PatchMerger(nn.Module):
         x = layers.Dense(width, ("vision_merged", "vision_merged_mlp"), dtype=dt, param_dtype=pdt, name="fc1")(x)
         x = layers.gelu_exact(x)
         x = layers.Dense(c.text.hidden_size, ("vision_merged_mlp", "embed"), dtype=dt, param_dtype=pdt,
-                         name="fc2")(x)
+                         init_scale=c.merger_out_init_scale, name="fc2")(x)
         return layers.constrain(x, ("vision_tokens", "embed"))
-
-
-def sincos_2d(rows: jnp.ndarray, cols: jnp.ndarray, dim: int) -> jnp.ndarray:
-    """2D sine-cosine position embedding [N, dim] (half for rows, half for columns), as in Qwen-VL."""
-    quarter = dim // 4
-    omega = 1.0 / (10000.0 ** (np.arange(quarter, dtype=np.float32) / quarter))
-    out = []
-    for p in (rows, cols):
-        ang = p.astype(jnp.float32)[:, None] * omega
-        out += [jnp.sin(ang), jnp.cos(ang)]
-    return jnp.concatenate(out, axis=-1)
 
 
 class Resampler(nn.Module):
@@ -68,11 +56,11 @@ class Resampler(nn.Module):
         kv = layers.LayerNorm(1e-6, "vision_embed", pdt, name="ln_kv")(x)
         q = layers.LayerNorm(1e-6, "vision_embed", pdt, name="ln_q")(queries.astype(dt))
         qi = jnp.arange(nq)
-        q = q + sincos_2d(qi // side, qi % side, d).astype(dt)
+        q = q + rope.sincos_2d(qi // side, qi % side, d).astype(dt)
         # Keys get positions on the query grid's scale, so any resolution lines up with the queries.
         kr = lay["row"].astype(jnp.float32) * side / lay["height"]
         kc = lay["col"].astype(jnp.float32) * side / lay["width"]
-        k_in = kv + sincos_2d(kr, kc, d).astype(dt)
+        k_in = kv + rope.sincos_2d(kr, kc, d).astype(dt)
         def project(name, a):
             out = layers.Dense(d, ("vision_embed", "vision_heads"), dtype=dt, param_dtype=pdt, name=name)(a)
             return out.reshape(1, -1, heads, d // heads)

@@ -166,3 +166,14 @@ def _grid_list(grid_thw: np.ndarray | None, split_time: bool) -> list[tuple[int,
             continue
         out.extend([(1, h, w)] * t if split_time else [(t, h, w)])
     return out
+
+
+def sincos_2d(rows: jnp.ndarray, cols: jnp.ndarray, dim: int) -> jnp.ndarray:
+    """2D sine-cosine position embedding [N, dim] (half for rows, half for columns), as in Qwen-VL."""
+    quarter = dim // 4
+    omega = 1.0 / (10000.0 ** (np.arange(quarter, dtype=np.float32) / quarter))
+    out = []
+    for p in (rows, cols):
+        ang = p.astype(jnp.float32)[:, None] * omega
+        out += [jnp.sin(ang), jnp.cos(ang)]
+    return jnp.concatenate(out, axis=-1)

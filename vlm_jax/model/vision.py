@@ -133,6 +133,21 @@ def vision_segments(config: mlc.ConfigDict) -> list[tuple[int, int]]:
     return out
 
 
+def pos_embed_init(v: mlc.ConfigDict, side: int):
+    """Initializer of the [side * side, width] position grid (`vision.pos_embed_init`)."""
+    if v.pos_embed_init == "normal":
+        return layers.DEFAULT_INIT
+    if v.pos_embed_init != "sincos":
+        raise ValueError(f"vision.pos_embed_init={v.pos_embed_init!r}: expected 'normal' or 'sincos'")
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        idx = jnp.arange(shape[0])
+        return (v.pos_embed_init_scale * rope.sincos_2d(idx // side, idx % side, shape[1])).astype(dtype)
+
+    return init
+
+
 class VisionTower(nn.Module):
     """Patches -> per-patch features, plus the features at each DeepStack tap layer."""
 
@@ -149,7 +164,7 @@ class VisionTower(nn.Module):
         x = layers.Dense(v.hidden_size, ("vision_patch", "vision_embed"), dtype=dt, param_dtype=pdt,
                          name="patch_embed")(pixel_values)
         side = int(round(v.num_position_embeddings ** 0.5))
-        pos_table = self.param("pos_embed", layers.param_init(layers.DEFAULT_INIT, ("vision_pos", "vision_embed")),
+        pos_table = self.param("pos_embed", layers.param_init(pos_embed_init(v, side), ("vision_pos", "vision_embed")),
                                (v.num_position_embeddings, v.hidden_size), pdt)
         taps, weights = interpolation_taps(lay["row"], lay["col"], lay["height"], lay["width"], side)
         pos = jnp.sum(pos_table[taps].astype(jnp.float32) * weights[..., None], axis=1)

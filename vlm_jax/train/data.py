@@ -112,3 +112,14 @@ def make_pipeline(data_config: mlc.ConfigDict, seed: int = 0) -> tuple[Pipeline,
     else:
         names = default_task_names(sources_lib.MixtureSource(source, weights) if weights else source)
     return pipe, tokenizer, tuple(names)
+
+
+def first_batches(data_config: mlc.ConfigDict, num_samples: int, seed: int) -> list[dict[str, Any]]:
+    """One unshuffled pass over the first `num_samples` samples of the (single synthetic) training
+    source, packed as in training: a fixed probe set."""
+    d = mlc.ConfigDict(data_config.to_dict())
+    d.sources.synthetic.length = num_samples
+    d.pipeline.shuffle = False
+    d.pipeline.num_epochs = 1
+    pipe, _, _ = make_pipeline(d, seed=seed)
+    return list(iter(pipe))

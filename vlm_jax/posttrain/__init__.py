@@ -1,0 +1,12 @@
+"""Post-training building blocks as pure functions (no training loop here).
+
+- `aggregation`: per-token losses [B, T] under a mask -> one scalar (token_mean, seq_mean_token_mean, ...).
+- `policy_losses`: RL policy losses on log-probs (GRPO/DAPO, GSPO, GSPO-token, SAPO), `get_policy_loss`.
+- `advantages`: group-normalised advantages, pass-rate filtering, DAPO dynamic sampling.
+- `distill_losses`: forward / reverse KL and GKD's generalized JSD on logits, sampled reverse KL,
+  `get_distill_loss`.
+- `rewards`: verifiable rewards, pure functions of (sample, completion text).
+- `registry`: name -> loss lookup with option checking, shared by both getters.
+
+Formulas, defaults and sources: the project's POSTTRAIN reference notes.
+"""
