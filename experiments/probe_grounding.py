@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from vlm_jax import cli  # noqa: E402
 from vlm_jax.configs import grounding_probe  # noqa: E402
 from vlm_jax.data import processor as proc  # noqa: E402
 from vlm_jax.data.synthetic import SyntheticWorld, load_tokenizer  # noqa: E402
+from vlm_jax.eval import metrics  # noqa: E402
 from vlm_jax.inference.loading import load_model, processor_config_for  # noqa: E402
 from vlm_jax.model.vlm import Qwen3VL  # noqa: E402
 from vlm_jax.train import data as data_lib  # noqa: E402
@@ -89,9 +89,9 @@ def generated_correlation(results_path: Path) -> dict | None:
         return None
     pred, true = [], []
     for p in json.loads(results_path.read_text())["predictions"]:
-        nums = re.findall(r"\d+", p["reply"].split("bbox_2d", 1)[1]) if "bbox_2d" in p["reply"] else []
-        if p["family"] == "grounding" and len(nums) >= 4:
-            pred.append([int(v) for v in nums[:4]])
+        boxes = metrics.parse_boxes(p["reply"]) if p["family"] == "grounding" else []
+        if boxes:
+            pred.append(boxes[0])
             true.append(p["answer"]["bbox_2d"])
     if len(pred) < 3:
         return {"n": len(pred)}

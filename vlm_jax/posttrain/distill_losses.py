@@ -76,24 +76,25 @@ def _log_probs_pair(student_logits, teacher_logits, temperature):
     return log_probs(student_logits, temperature), log_probs(jax.lax.stop_gradient(teacher_logits), temperature)
 
 
+def _full_kl_loss(student_logits, teacher_logits, mask, temperature, aggregation, denominator, reverse: bool):
+    _check(student_logits, teacher_logits, mask, aggregation, logits=True)
+    s, t = _log_probs_pair(student_logits, teacher_logits, temperature)
+    per_position = kl_divergence(s, t) if reverse else kl_divergence(t, s)
+    return aggregate(per_position, mask, aggregation, denominator), _logit_metrics(s, t, mask)
+
+
 def forward_kl_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, mask: jnp.ndarray, *,
                     temperature: float = 1.0, aggregation: str = "token_mean",
                     denominator: jnp.ndarray | float | None = None) -> tuple[jnp.ndarray, Metrics]:
     """KL(teacher || student) per position, reduced under the mask (module docstring)."""
-    _check(student_logits, teacher_logits, mask, aggregation, logits=True)
-    s, t = _log_probs_pair(student_logits, teacher_logits, temperature)
-    loss = aggregate(kl_divergence(t, s), mask, aggregation, denominator)
-    return loss, _logit_metrics(s, t, mask)
+    return _full_kl_loss(student_logits, teacher_logits, mask, temperature, aggregation, denominator, reverse=False)
 
 
 def reverse_kl_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, mask: jnp.ndarray, *,
                     temperature: float = 1.0, aggregation: str = "token_mean",
                     denominator: jnp.ndarray | float | None = None) -> tuple[jnp.ndarray, Metrics]:
     """KL(student || teacher) per position over the full vocabulary, reduced under the mask."""
-    _check(student_logits, teacher_logits, mask, aggregation, logits=True)
-    s, t = _log_probs_pair(student_logits, teacher_logits, temperature)
-    loss = aggregate(kl_divergence(s, t), mask, aggregation, denominator)
-    return loss, _logit_metrics(s, t, mask)
+    return _full_kl_loss(student_logits, teacher_logits, mask, temperature, aggregation, denominator, reverse=True)
 
 
 def generalized_jsd_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, mask: jnp.ndarray, *,
