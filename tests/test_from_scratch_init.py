@@ -1,4 +1,5 @@
-"""From-scratch init switches of the vision side: the position-grid init and the merger output init."""
+"""From-scratch switches of the vision side: the position-grid init, the merger output init and per-frame
+centring of the visual tokens."""
 
 import flax.linen as nn
 import jax
@@ -78,3 +79,42 @@ def test_zero_merger_output_starts_blind_but_trainable(scale):
         assert float(np.abs(np.asarray(grads["merger"]["fc2"]["kernel"])).max()) > 0.0
     else:
         assert changed.max() > 1e-3
+
+
+def test_center_per_frame_removes_each_frames_mean_and_zeroes_padding():
+    from vlm_jax.model.vlm import center_per_frame
+
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(9, 4)).astype(np.float32) + 5.0  # a large shared component, as training grows
+    frame = np.array([1, 1, 1, 2, 2, 3, 3, 3, 0])  # three frames of 3, 2 and 3 tokens, one padding row
+    out = np.asarray(center_per_frame(tokens, frame))
+    for f in (1, 2, 3):
+        np.testing.assert_allclose(out[frame == f], tokens[frame == f] - tokens[frame == f].mean(0), atol=1e-5)
+    assert np.all(out[frame == 0] == 0.0)
+
+
+def test_centred_model_tokens_have_zero_mean_per_image_and_a_shared_shift_cannot_reach_the_decoder():
+    config, batch = _config(merger_center=True)
+    params = nn.unbox(init_params(config, jax.random.key(0)))
+    model = Qwen3VL(config)
+    tokens, deepstack = model.apply({"params": params}, batch["pixel_values"], batch["grid_thw"],
+                                    method=Qwen3VL.encode_vision)
+    per_image = int(np.prod(batch["grid_thw"][0])) // config.vision.spatial_merge_size**2
+    assert np.abs(np.asarray(tokens[:per_image]).mean(0)).max() < 1e-5
+    assert np.abs(np.asarray(deepstack[:, :per_image]).mean(1)).max() < 1e-5
+    # The failure it guards against: a bias shared by every merged token. With centring it changes nothing.
+    shifted = jax.tree.map(lambda a: a, params)
+    shifted["merger"]["fc2"] = dict(shifted["merger"]["fc2"], bias=shifted["merger"]["fc2"]["bias"] + 3.0)
+    px = np.asarray(batch["pixel_values"])
+    np.testing.assert_allclose(_logits(config, shifted, batch, px), _logits(config, params, batch, px), atol=1e-4)
+    plain, _ = _config(merger_center=False)
+    moved = np.abs(np.asarray(_logits(plain, shifted, batch, px)) - np.asarray(_logits(plain, params, batch, px)))
+    assert moved.max() > 1e-2
+
+
+def test_centred_model_does_not_export_to_hugging_face():
+    from vlm_jax.convert.hf import hf_config_from
+
+    config, _ = _config(merger_center=True)
+    with pytest.raises(ValueError, match="merger_center=True"):
+        hf_config_from(config)

@@ -1,5 +1,6 @@
-"""The train loop end to end (`train_and_evaluate`): logs, export, evaluation, exact resume across
-runs, and the recipe's stage chaining (S0 trains only the merger; the next stage starts from it)."""
+"""The train loop end to end (`train_and_evaluate`): logs, export, evaluation, the warm-up stage of the
+curriculum, exact resume across runs (and across the warm-up's end), and the recipe's stage chaining
+(S0 trains only the merger; the next stage starts from it)."""
 
 import importlib.util
 import json
@@ -32,6 +33,8 @@ def _small(c, steps):
     c.data.pipeline.update(seq_len=128, batch_size=8, max_patches=512, max_grids=32)  # 8 rows: 8 test devices
     c.log.update(every_steps=1, progress=False, peak_flops_per_device=1e11)
     c.eval.tasks = ()
+    if c.data.warmup.steps:  # the main job's curriculum: steps 1-4 one object (box, point), then its world
+        c.data.warmup.steps = 4
     return c
 
 
@@ -66,6 +69,10 @@ def test_logs_export_and_evaluation(straight):
     for key in ("loss", "grad_norm", "lr_llm", "tokens_per_second", "step_seconds", "mfu"):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert any(k.startswith("task_loss/") for k in rows[-1])
+    # The warm-up stage's world (box and point only) for steps 1-4, the main world after; a task keeps its name.
+    warm = {"task_loss/ground_box", "task_loss/ground_point"}
+    assert all({k for k in r if k.startswith("task_loss/")} <= warm for r in rows[:4])
+    assert any({k for k in r if k.startswith("task_loss/")} - warm for r in rows[4:])
     assert rows[2]["lr_llm"] > rows[1]["lr_llm"] > rows[0]["lr_llm"] >= 0  # linear warmup from 0
     assert summary["steps"] == 6 and summary["skipped_steps"] == 0 and summary["resumed_from"] is None
     assert summary["first_loss"] == pytest.approx(rows[0]["loss"], abs=1e-4)
@@ -88,6 +95,7 @@ def test_logs_export_and_evaluation(straight):
 
 
 def test_stop_and_resume_equals_uninterrupted_run(straight, tmp_path):
+    # Stopped at step 3 inside the warm-up stage (4 steps), resumed across its end.
     workdir_a, _ = straight
     workdir_b = str(tmp_path / "b")
     train_and_evaluate(_small(synthetic_tiny.get_config(), 3), workdir_b)
@@ -204,3 +212,16 @@ def test_recipe_full_scale_budgets_and_args():
         recipe.from_arg("s1_multimodal", "thinking=True")
     with pytest.raises(ValueError, match="unknown recipe stage"):
         recipe.stage_config("s4")
+
+
+def test_warmup_config_is_checked():
+    from vlm_jax.configs.experiment import validate
+
+    c = synthetic_tiny.get_config()
+    c.data.warmup.world = {"max_objects": 1, "colour": "red"}
+    with pytest.raises(ValueError, match="colour"):
+        validate(c)
+    c = synthetic_tiny.get_config()
+    c.data.warmup.steps = -1
+    with pytest.raises(ValueError, match="warmup.steps=-1"):
+        validate(c)

@@ -112,6 +112,10 @@ def base_config() -> mlc.ConfigDict:
     # Init std of the mergers' output layers, as a multiple of 0.02 (0: zeros). From scratch, visual
     # tokens that start at zero add no noise to the decoder, which otherwise learns to stop reading them.
     c.merger_out_init_scale = 1.0
+    # From-scratch switch, not in Qwen3-VL: subtract from each frame's visual tokens (and DeepStack
+    # features) their mean over the frame. The decoder reads tokens through RMSNorm, i.e. by direction;
+    # a shared component grown by the mergers makes every token of an image look alike (cosine ~1).
+    c.merger_center = False
 
     c.image_token_id = 151655
     c.video_token_id = 151656

@@ -25,6 +25,11 @@ def get_config() -> mlc.ConfigDict:
     # patches give 4 tokens, one per quadrant). Blocked ViT attention, one 64-patch frame per block (exact).
     c.model.vision.patch_size = 8
     c.model.vision.attention_block = 64
+    # The lever that made grounding learn (experiments/probe_grounding.py): without it the mergers grow a
+    # component shared by every visual token (pairwise cosine 0.998 after 400 steps); the decoder reads
+    # tokens through RMSNorm, by direction, so every token of an image looks alike, attention over the
+    # image is uniform and positions average out (box acc@0.5 0.03 -> 0.75 on single objects with it).
+    c.model.merger_center = True
     t = c.train
     t.remat_policy = "full"  # on CPU, recomputing beats storing every layer's activations
     t.num_train_steps = 900
@@ -48,6 +53,13 @@ def get_config() -> mlc.ConfigDict:
         "shapes": ("circle", "square", "triangle"), "colors": ("red", "green", "blue"),
         "object_size": (0.22, 0.36), "max_objects": 3, "max_count": 3, "max_distractors": 1,
     }
+    # Curriculum, the second lever (experiments/probe_grounding.py): the first steps on one object, no
+    # distractor, box and point only. Alone it learns where an object is (single-object box acc 0.75 after
+    # 400 steps); in the full world from scratch, where the target must also be picked by its name, the
+    # boxes stayed at the baseline through 900 steps.
+    c.data.warmup.steps = 400
+    c.data.warmup.world = {"tasks": {"ground_box": 1.0, "ground_point": 1.0}, "max_objects": 1, "max_count": 1,
+                           "max_distractors": 0}
     # Square-root reweighting (DIGEST 3): a one-token count answer is not drowned by long box JSON.
     c.data.pipeline.update(loss_normalization="sqrt", seq_len=512, batch_size=8, max_patches=4096, max_grids=128,
                            worker_count=0)

@@ -106,6 +106,8 @@ def hf_config_from(c: mlc.ConfigDict) -> dict:
         raise ValueError(f"merger={c.merger!r} has no Hugging Face counterpart; only 'mlp' exports")
     if c.vision.attention != "full":
         raise ValueError("vision.attention='window' has no Qwen3-VL Hugging Face counterpart")
+    if c.merger_center:
+        raise ValueError("merger_center=True (visual tokens centred per frame) has no Hugging Face counterpart")
     t, v = c.text, c.vision
     moe = bool(t.num_experts)
     mt = "qwen3_vl_moe" if moe else "qwen3_vl"

@@ -27,6 +27,13 @@ unrolled on CPU only (accelerators fuse the slices; memory there is scarcer).
 Rows stop on any of `stop_tokens` (the stop token is emitted, then the row emits `pad_token_id`).
 The PRNG key for the token at output index n is `fold_in(key, n)`, so both decode paths produce the
 same tokens.
+
+`return_logprobs=True` also records, for every emitted token, log_softmax(logits / temperature) at
+that token in float32 over the full vocabulary of the raw model logits: before penalties and
+top-k/top-p/min-p truncation, i.e. the policy log-prob that RL training recomputes with a teacher-forced
+forward (`target_logprobs`). It equals the log-prob of the draw only when sampling with temperature
+alone (as RL does). Greedy decoding reports it at temperature 1; tokens forced by a thinking budget
+get the model's log-prob of the forced token.
 """
 
 from __future__ import annotations
@@ -62,12 +69,15 @@ StreamCallback = Callable[[int, np.ndarray], None]
 class GenerateOutput:
     """tokens [B, max_new_tokens] int32 (pad_token_id after a row's stop token); lengths [B]: tokens
     generated per row including the stop token; finished [B]: the row hit a stop token;
-    prompt_bucket: the padded prompt length that was compiled for."""
+    prompt_bucket: the padded prompt length that was compiled for; logprobs [B, max_new_tokens]
+    float32 (with `return_logprobs`, else None): each emitted token's log-prob (module docstring),
+    0 after a row's stop token."""
 
     tokens: np.ndarray
     lengths: np.ndarray
     finished: np.ndarray
     prompt_bucket: int
+    logprobs: np.ndarray | None = None
 
     def sequences(self) -> list[list[int]]:
         """Each row's generated tokens (stop token included), without the trailing padding."""
@@ -191,6 +201,19 @@ def _unrolled_decoder(cfg, params, layer_params, tokens, positions, cache, cache
     return x, {"k": ks, "v": vs, "segment_ids": cache_seg}
 
 
+def logprob_temperature(scfg: SamplingConfig) -> float:
+    """The temperature of the reported log-probs: the sampling temperature, 1 when greedy."""
+    return 1.0 if scfg.greedy else float(scfg.temperature)
+
+
+def target_logprobs(logits: jnp.ndarray, targets: jnp.ndarray, temperature: float | jnp.ndarray = 1.0
+                    ) -> jnp.ndarray:
+    """log_softmax(logits / temperature) [..., V] at `targets` [...], float32 over the full vocabulary.
+    Shared by the sampler and the teacher-forced recomputation so both do the same arithmetic."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
 def _emit(state: dict, logits: jnp.ndarray, scfg: SamplingConfig, think: ThinkingBudget | None,
           stop_tokens: tuple[int, ...], pad_token_id: int) -> dict:
     """Chooses output token number `state["n"]` from `logits` [B, V] and updates the row state."""
@@ -213,6 +236,9 @@ def _emit(state: dict, logits: jnp.ndarray, scfg: SamplingConfig, think: Thinkin
             in_think = jnp.where(tok == think.start_id, True, in_think)
         new.update(force_pos=force, in_think=in_think, think_count=count)
     tok = jnp.where(done, pad_token_id, tok).astype(jnp.int32)
+    if "logprobs" in state:  # raw logits, not the processed ones `sample` drew from (module docstring)
+        lp = jnp.where(done, 0.0, target_logprobs(logits, tok, logprob_temperature(scfg)))
+        new["logprobs"] = jax.lax.dynamic_update_slice(state["logprobs"], lp[:, None], (0, n))
     if "generated" in state:
         rows = jnp.arange(tok.shape[0])
         new["generated"] = state["generated"].at[rows, tok].max(~done)
@@ -226,9 +252,9 @@ def _emit(state: dict, logits: jnp.ndarray, scfg: SamplingConfig, think: Thinkin
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "think", "stop_tokens", "pad_token_id", "capacity",
-                                             "unrolled"))
+                                             "unrolled", "logprobs"))
 def _prefill(params, ids, positions, segment_ids, pixel_values, grid_thw, key, in_think, max_new, *,
-             cfg, scfg, think, stop_tokens, pad_token_id, capacity, unrolled):
+             cfg, scfg, think, stop_tokens, pad_token_id, capacity, unrolled, logprobs=False):
     """Runs the prompt bucket into a fresh cache with room for `capacity` new tokens and emits the
     first token; returns the decode state."""
     TRACE_COUNTS["prefill"] += 1
@@ -248,6 +274,8 @@ def _prefill(params, ids, positions, segment_ids, pixel_values, grid_thw, key, i
         cache_offset=jnp.asarray(length, jnp.int32), rope_delta=(next_pos - length).astype(jnp.int32),
         done=jnp.zeros((b,), bool), lengths=jnp.zeros((b,), jnp.int32), last=jnp.zeros((b,), jnp.int32),
         out=jnp.full((b, capacity), pad_token_id, jnp.int32))
+    if logprobs:  # its presence in the state switches the decode steps' log-prob bookkeeping on
+        state["logprobs"] = jnp.zeros((b, capacity), jnp.float32)
     if scfg.uses_prompt_tokens:
         state["prompt_seen"] = token_set(ids, cfg.text.vocab_size, segment_ids != 0)
     if scfg.uses_generated_tokens:
@@ -295,8 +323,9 @@ def _decode_loop(params, layer_params, state, *, cfg, scfg, think, stop_tokens, 
 
 
 @functools.partial(jax.jit, static_argnames=("extra", "pad_token_id"))
-def _grow(cache, out, *, extra, pad_token_id):
-    """Room for `extra` more tokens: zero cache slots (segment id 0, so masked) and pad outputs.
+def _grow(cache, out, logprobs=None, *, extra, pad_token_id):
+    """Room for `extra` more tokens: zero cache slots (segment id 0, so masked), pad outputs and
+    zero log-probs (None when not recorded).
     (Not donated: the grown arrays cannot reuse the old buffers; the rest of the state stays put.)"""
     TRACE_COUNTS["grow"] += 1
     pad = lambda a, axis, value=0: jnp.pad(a, [(0, extra if i == axis else 0) for i in range(a.ndim)],
@@ -304,7 +333,7 @@ def _grow(cache, out, *, extra, pad_token_id):
     # The slot axis is third from last in both layouts: [L, B, S, K, hd] or per layer [B, S, K, hd].
     kv = lambda x: jax.tree.map(lambda a: pad(a, a.ndim - 3), x)
     cache = dict(k=kv(cache["k"]), v=kv(cache["v"]), segment_ids=pad(cache["segment_ids"], 1))
-    return cache, pad(out, 1, pad_token_id)
+    return cache, pad(out, 1, pad_token_id), None if logprobs is None else pad(logprobs, 1)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -341,6 +370,7 @@ def generate(
     use_while_loop: bool | None = None,
     initial_capacity: int | None = kv_cache.INITIAL_DECODE_CAPACITY,
     decode_layers: str = "auto",
+    return_logprobs: bool = False,
 ) -> GenerateOutput:
     """Generates up to `max_new_tokens` tokens for each prompt.
 
@@ -358,6 +388,10 @@ def generate(
       per step grows with the cache size, so a 32768-token budget is not paid for on short answers.
       None: one cache sized for max_new_tokens from the start.
     decode_layers: "scan" | "unrolled" | "auto" (unrolled on CPU), see the module docstring.
+    return_logprobs: also return each emitted token's float32 log-prob (`GenerateOutput.logprobs`):
+      full-vocabulary log_softmax(raw logits / temperature), ignoring penalties and top-k/top-p/min-p
+      (the policy log-prob training recomputes; RL samples with temperature only); temperature 1 when
+      greedy.
     """
     if decode_layers not in ("scan", "unrolled", "auto"):
         raise ValueError(f"decode_layers={decode_layers!r}; choose from scan, unrolled, auto")
@@ -410,13 +444,16 @@ def generate(
     layer_params = _layer_params(params, config.text.num_layers) if unrolled else None
     state = _prefill(params, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask), px, grid, key,
                      jnp.asarray(in_think), jnp.asarray(n_new, jnp.int32), capacity=capacity, unrolled=unrolled,
-                     **statics)
+                     logprobs=bool(return_logprobs), **statics)
 
     def grow(state, capacity):
         new = min(2 * capacity, full)
-        cache, out = _grow(state.pop("cache"), state.pop("out"), extra=new - capacity,
-                           pad_token_id=statics["pad_token_id"])
-        return dict(state, cache=cache, out=out), new
+        cache, out, logprobs = _grow(state.pop("cache"), state.pop("out"), state.pop("logprobs", None),
+                                     extra=new - capacity, pad_token_id=statics["pad_token_id"])
+        state = dict(state, cache=cache, out=out)
+        if logprobs is not None:
+            state["logprobs"] = logprobs
+        return state, new
 
     if use_while_loop is None:
         use_while_loop = callback is None
@@ -442,6 +479,8 @@ def generate(
             if step >= capacity:
                 state, capacity = grow(state, capacity)
             state = _decode_step(params, layer_params, state, **statics)
-    tokens, lengths, done = jax.device_get((state["out"], state["lengths"], state["done"]))
+    tokens, lengths, done, logprobs = jax.device_get((state["out"], state["lengths"], state["done"],
+                                                      state.get("logprobs")))
     return GenerateOutput(tokens=np.asarray(tokens)[:, :n_new], lengths=np.asarray(lengths),
-                          finished=np.asarray(done), prompt_bucket=bucket)
+                          finished=np.asarray(done), prompt_bucket=bucket,
+                          logprobs=None if logprobs is None else np.asarray(logprobs, np.float32)[:, :n_new])

@@ -70,6 +70,15 @@ def check_visual_inputs(config: mlc.ConfigDict, input_ids, pixel_values, grid_th
                          f"image + {n_vid} video placeholders, grid_thw makes {tokens} visual tokens")
 
 
+def center_per_frame(tokens: jnp.ndarray, frame: jnp.ndarray) -> jnp.ndarray:
+    """tokens [N, D] minus the mean of the tokens of the same frame (`frame` [N], 0 = padding)."""
+    n = tokens.shape[0]
+    sums = jax.ops.segment_sum(tokens.astype(jnp.float32), frame, num_segments=n + 1)
+    counts = jax.ops.segment_sum(jnp.ones((n,), jnp.float32), frame, num_segments=n + 1)
+    mean = sums / jnp.maximum(counts, 1.0)[:, None]
+    return (tokens - mean[frame].astype(tokens.dtype)) * (frame > 0)[:, None].astype(tokens.dtype)
+
+
 class Qwen3VL(nn.Module):
     config: mlc.ConfigDict
 
@@ -95,6 +104,10 @@ class Qwen3VL(nn.Module):
             return self.merger(x, lay, grid_thw.shape[0]), None
         merged = self.merger(x)
         deepstack = jnp.stack([m(f) for m, f in zip(self.deepstack_mergers, taps)]) if c.deepstack else None
+        if c.merger_center:
+            frame = lay["segment"][:: c.vision.spatial_merge_size**2]  # merge groups are adjacent patches
+            merged = center_per_frame(merged, frame)
+            deepstack = None if deepstack is None else jax.vmap(center_per_frame, (0, None))(deepstack, frame)
         return merged, deepstack
 
     def __call__(

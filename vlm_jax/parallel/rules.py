@@ -75,6 +75,17 @@ BATCH_LOGICAL: dict[str, tuple[str | None, ...]] = {
 }
 
 
+def row_logical(rank: int | None) -> tuple[str | None, ...]:
+    """Logical names of an extra per-row batch array (post-training: old_logp [B, S], advantages [B],
+    teacher_logits [B, S, V], ...): the leading dim is the batch, the rest is replicated. rank None (shape
+    unknown): only the leading dim is named, a shorter PartitionSpec replicates the trailing dims."""
+    if rank is None:
+        return ("batch",)
+    if rank < 1:
+        raise ValueError(f"an extra batch array needs a leading batch axis; got rank {rank}")
+    return ("batch",) + (None,) * (rank - 1)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
@@ -145,21 +156,33 @@ def param_shardings(abstract_tree, mesh: Mesh, rules: Rules = RULES):
 
 
 def batch_shardings(shapes: Mapping[str, Sequence[int] | None], mesh: Mesh, rules: Rules = RULES,
-                    *, microbatched: bool = False) -> dict[str, NamedSharding]:
+                    *, microbatched: bool = False, extra_keys: Sequence[str] = ()) -> dict[str, NamedSharding]:
     """Shardings of the CONTRACTS.md batch arrays given their (global) shapes (None: unknown,
     must divide evenly); with `microbatched`, every array has a leading micro-batch axis (not
-    sharded).
+    sharded). `extra_keys`: further per-row arrays of any rank (`row_logical`), split like `targets`.
 
-    Token arrays must divide evenly over the batch axes. The vision buffers may fall back to
-    replication in a single process, but not across processes, where each process contributes
-    its own block of patches and grid rows.
+    Token arrays (and extra arrays) must divide evenly over the batch axes. The vision buffers may
+    fall back to replication in a single process, but not across processes, where each process
+    contributes its own block of patches and grid rows.
     """
+    clash = sorted(set(extra_keys) & set(BATCH_LOGICAL))
+    if clash:
+        raise ValueError(f"extra batch keys {clash} are CONTRACTS.md keys, which are always carried")
     strict_vision = jax.process_count() > 1
     out = {}
     for key, shape in shapes.items():
-        if key not in BATCH_LOGICAL:
-            raise ValueError(f"unknown batch key {key!r}; expected {sorted(BATCH_LOGICAL)}")
-        names = ((None,) if microbatched else ()) + BATCH_LOGICAL[key]
+        if key in extra_keys:
+            rank = None if shape is None else len(shape) - int(microbatched)
+            if rank is not None and rank < 1:
+                raise ValueError(f"batch[{key!r}] has shape {tuple(shape)}: an extra batch array needs a leading "
+                                 f"batch axis{' after the micro-batch axis' if microbatched else ''}")
+            logical = row_logical(rank)
+        elif key in BATCH_LOGICAL:
+            logical = BATCH_LOGICAL[key]
+        else:
+            raise ValueError(f"unknown batch key {key!r}; expected {sorted(BATCH_LOGICAL)} or one of "
+                             f"extra_keys={list(extra_keys)}")
+        names = ((None,) if microbatched else ()) + logical
         if shape is not None and len(names) != len(shape):
             raise ValueError(f"batch[{key!r}] has shape {tuple(shape)}, expected dims {names}")
         strict = strict_vision or key not in ("pixel_values", "grid_thw")

@@ -1,4 +1,4 @@
-"""Post-training building blocks as pure functions (no training loop here).
+"""Post-training: building blocks as pure functions, and the loops built from them.
 
 - `aggregation`: per-token losses [B, T] under a mask -> one scalar (token_mean, seq_mean_token_mean, ...).
 - `policy_losses`: RL policy losses on log-probs (GRPO/DAPO, GSPO, GSPO-token, SAPO), `get_policy_loss`.
@@ -7,6 +7,9 @@
   `get_distill_loss`.
 - `rewards`: verifiable rewards, pure functions of (sample, completion text).
 - `registry`: name -> loss lookup with option checking, shared by both getters.
+- `objectives`: `PolicyObjective`, `DistillObjective`: those losses as `make_train_step(loss_fn=...)` losses.
+- `rollout`: G sampled completions per prompt with their log-probs, and the train batch replaying them.
+- `rl`: the RL loop (`python -m vlm_jax.posttrain --config=vlm_jax/configs/posttrain/rl_*.py`).
 
 Formulas, defaults and sources: the project's POSTTRAIN reference notes.
 """

@@ -5,6 +5,7 @@
     data.tokenizer = ""                    # tokenizer.json path; "" = the synthetic world's tokenizer
     data.sources = {name: {kind, weight, ...}, ...}
     data.pipeline = {...}                  # `vlm_jax.data.pipeline` keys (seq_len, batch_size, max_patches, ...)
+    data.warmup = {steps, world}           # curriculum: `world` overrides for the first `steps` steps
 
 Source kinds: "synthetic" (`world`: `SyntheticWorld` config overrides, `split`, `length`),
 "qwen_jsonl" / "messages_jsonl" (`path`: a file, glob or list; `data_root`), "array_record" (`path`).
@@ -112,6 +113,40 @@ def make_pipeline(data_config: mlc.ConfigDict, seed: int = 0) -> tuple[Pipeline,
     else:
         names = default_task_names(sources_lib.MixtureSource(source, weights) if weights else source)
     return pipe, tokenizer, tuple(names)
+
+
+def check_warmup(data_config: mlc.ConfigDict) -> None:
+    """`data.warmup` is off (steps 0) or names world keys a `SyntheticWorld` takes. It may outlast a run
+    (a run stopped early with a smaller num_train_steps, then resumed, reads the same stream)."""
+    w = data_config.get("warmup")
+    if w is None:
+        return
+    unknown = sorted(set(w) - {"steps", "world"})
+    if unknown:
+        raise ValueError(f"config.data.warmup has unknown keys {unknown}; expected steps, world")
+    if w.steps < 0:
+        raise ValueError(f"config.data.warmup.steps={w.steps} must be >= 0 (0: no warm-up stage)")
+    if not w.steps:
+        return
+    synthetic = {n: s for n, s in data_config.sources.items() if s.get("kind") == "synthetic"}
+    if not synthetic:
+        raise ValueError("config.data.warmup needs a synthetic source: it overrides the synthetic world")
+    for spec in synthetic.values():
+        SyntheticWorld(**{**dict(spec.get("world") or {}), **dict(w.world)})  # unknown world keys fail here
+
+
+def warmup_data_config(data_config: mlc.ConfigDict, task_names: tuple[str, ...]) -> mlc.ConfigDict | None:
+    """The data config of the warm-up stage (None when off): each synthetic world with `warmup.world`
+    merged over it, and the main stage's task names, so a task keeps its id across the two stages."""
+    w = data_config.get("warmup")
+    if w is None or not w.steps:
+        return None
+    d = mlc.ConfigDict(data_config.to_dict())
+    for spec in d.sources.values():
+        if spec.get("kind") == "synthetic":
+            spec.world = {**dict(spec.get("world") or {}), **dict(w.world)}
+    d.pipeline.task_names = tuple(task_names)
+    return d
 
 
 def first_batches(data_config: mlc.ConfigDict, num_samples: int, seed: int) -> list[dict[str, Any]]:

@@ -163,6 +163,14 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     mc = effective_model_config(model_config, train_config)
     mesh = make_mesh(train_config.parallel)
     it = iter(pipe)
+    # Curriculum (`data.warmup`): the first `warm_steps` steps read an easier world's pipeline.
+    warm_data = data_lib.warmup_data_config(config.data, task_names)
+    warm_steps = config.data.warmup.steps if warm_data is not None else 0
+    warm_it = iter(data_lib.make_pipeline(warm_data, seed=train_config.seed)[0]) if warm_data is not None else None
+
+    def source(at_step: int):
+        """The iterator that step `at_step + 1` reads from (whose state a checkpoint at `at_step` keeps)."""
+        return warm_it if at_step < warm_steps else it
 
     kc = train_config.checkpoint
     ckpt = checkpoint_lib.Checkpointer(
@@ -174,7 +182,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         target = unboxed_abstract_state(mc, train_config, mesh)
         state, data_state, start_step = ckpt.restore(target)
         if data_state is not None:
-            it.set_state(data_state)
+            source(start_step).set_state(data_state)
         print(f"resumed from {ckpt.directory}/{start_step}", flush=True)
     elif config.init_from:
         params = load_init_params(config.init_from, mc)
@@ -185,10 +193,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
 
     k = train_config.grad_accum_steps
 
-    def next_batch() -> dict[str, np.ndarray]:
+    def next_batch(at_step: int) -> dict[str, np.ndarray]:
+        src = source(at_step)
         if k == 1:
-            return next(it)
-        return stack_microbatches([next(it) for _ in range(k)])
+            return next(src)
+        return stack_microbatches([next(src) for _ in range(k)])
 
     num_steps = train_config.num_train_steps
     writer = metrics_lib.MetricWriter(workdir, tensorboard=config.log.tensorboard)
@@ -207,10 +216,13 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     step = start_step
     try:
         while step < num_steps:
-            batch = next_batch()
+            batch = next_batch(step)
             if step_fn is None:
                 step_fn = make_train_step(mc, train_config, mesh, batch_shapes=global_batch_shapes(batch))
-                probe = _make_probe(config, mc, batch, k)
+                # With a warm-up stage, probe the main world (a fixed unshuffled batch of it), not the first batch.
+                probe_batch = batch if not warm_steps else data_lib.first_batches(
+                    config.data, 8 * config.data.pipeline.batch_size, seed=train_config.seed)[0]
+                probe = _make_probe(config, mc, probe_batch, k if not warm_steps else 1)
             tokens, patches, text_pairs, vision_pairs = _batch_counts(batch, mc.vision)
             flops = metrics_lib.step_flops(mc, counts, tokens=tokens, patches=patches, text_pairs=text_pairs,
                                            vision_pairs=vision_pairs, trainable=trainable)
@@ -225,7 +237,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                 window = _Window()  # compile time is not step time
                 _account(pending, window, train_config)
                 pending = None
-            ckpt.save(step, state, it.get_state())
+            ckpt.save(step, state, source(step).get_state())
             if step % config.log.every_steps == 0 or step == num_steps:
                 if pending is not None:
                     _account(pending, window, train_config)
@@ -246,7 +258,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         if guard is not None:
             guard.close()
     if ckpt.latest_step() != step:
-        ckpt.save(step, state, it.get_state(), force=True)
+        ckpt.save(step, state, source(step).get_state(), force=True)
     ckpt.close()
     train_seconds = time.perf_counter() - t_start
     summary: dict[str, Any] = {
@@ -270,7 +282,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         summary["tokens_per_second"] = round(float(np.median([h["tokens_per_second"] for h in history])), 1)
         summary["mfu"] = round(float(np.median([h["mfu"] for h in history])), 4)
     if stopped_early:
-        _write_summary(workdir, summary)
+        write_summary(workdir, summary)
         print(f"stopped by signal at step {step}; checkpoint saved. Run again to resume.", flush=True)
         return summary
 
@@ -281,7 +293,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.close()
     if jax.process_index() == 0:
         summary["curves"] = curves_lib.write_curves(workdir)
-    _write_summary(workdir, summary)
+    write_summary(workdir, summary)
     print(format_summary(summary), flush=True)
     return summary
 
@@ -373,13 +385,17 @@ def run_eval(config: mlc.ConfigDict, model_config: mlc.ConfigDict, params: Any, 
     return result
 
 
-def _write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
+def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
+    """Writes `<workdir>/summary.json` atomically (process 0 only)."""
     if jax.process_index() != 0:
         return
     tmp = os.path.join(workdir, "summary.json.tmp")
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=1, default=str)
     os.replace(tmp, os.path.join(workdir, "summary.json"))
+
+
+_write_summary = write_summary  # the old private name, still imported by vlm_jax.posttrain.distill
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:

@@ -23,10 +23,13 @@ model_out: the model's outputs ({"logits" [B, S, V], "aux_loss"}); batch: one (m
 (docs/CONTRACTS.md keys); weight_total: sum(loss_weights) over the whole optimizer batch (clamped
 to 1e-8). The step differentiates `objective` and adds objectives and stats up over micro-batches, so
 both must be additive: a micro-batch's share of the whole batch's value (divide by weight_total, not
-by the micro-batch's own weights). A loss may also define `metrics(stats, weight_total) -> dict` (with
-"loss") to turn the summed stats into reported metrics; without it the step reports "loss" (the summed
-objective) and the summed stats under their own names. `NextTokenLoss` is the default: the weighted
-cross-entropy above, plus z-loss, the MoE term and per-task sums.
+by the micro-batch's own weights). A loss whose normaliser is not sum(loss_weights) (a sequence count)
+may define `weight_total(batch) -> scalar`, which the step evaluates on the whole optimizer batch instead;
+`extra_keys` names batch arrays it needs beyond CONTRACTS.md (`vlm_jax.train.step`). A loss may also
+define `metrics(stats, weight_total) -> dict` (with "loss") to turn the summed stats into reported
+metrics; without it the step reports "loss" (the summed objective) and the summed stats under their
+own names. `NextTokenLoss` is the default: the weighted cross-entropy above, plus z-loss, the MoE
+term and per-task sums.
 """
 
 from __future__ import annotations

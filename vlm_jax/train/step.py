@@ -17,6 +17,11 @@ the non-finite guard see the full gradient once.
 
 With `grad_accum_steps = k > 1` every batch array has a leading [k] axis (`stack_microbatches`),
 each micro-batch with its own vision buffer.
+
+Extra batch keys (post-training: old_logp [B, S], advantages [B], teacher_logits [B, S, V], ...) travel
+with the CONTRACTS.md keys when named in `extra_keys` (`put_batch`, `global_batch_shapes`,
+`stack_microbatches`, `make_train_step`, which also takes them from `loss_fn.extra_keys`): any rank, a
+leading batch axis (after the [k] axis), split over the batch axes like `targets`.
 """
 
 from __future__ import annotations
@@ -81,38 +86,48 @@ def compact_vision(pixel_values: jnp.ndarray, grid_thw: jnp.ndarray, chunks: int
     return pixel_values, grid_thw
 
 
-def stack_microbatches(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def stack_microbatches(batches: Sequence[Mapping[str, np.ndarray]],
+                       extra_keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """k pipeline batches -> one batch with a leading [k] axis (for grad_accum_steps = k)."""
-    return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in BATCH_KEYS}
+    return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in (*BATCH_KEYS, *extra_keys)}
 
 
-def global_batch_shapes(batch: Mapping[str, Any], global_batch: bool = False) -> dict[str, tuple[int, ...]]:
+def global_batch_shapes(batch: Mapping[str, Any], global_batch: bool = False,
+                        extra_keys: Sequence[str] = ()) -> dict[str, tuple[int, ...]]:
     """Global shapes of a process-local batch (its batch and vision-buffer axes times the process
-    count), for `make_train_step(batch_shapes=...)`; `global_batch`: the batch is already global."""
+    count), for `make_train_step(batch_shapes=...)`; `global_batch`: the batch is already global.
+    Extra keys have their batch axis first, after the micro-batch axis when `targets` has one."""
     n = 1 if global_batch else jax.process_count()
+    micro = np.ndim(batch["targets"]) - len(rules_lib.BATCH_LOGICAL["targets"])
     out = {}
-    for k in BATCH_KEYS:
+    for k in (*BATCH_KEYS, *extra_keys):
         shape = list(np.shape(batch[k]))
-        names = rules_lib.BATCH_LOGICAL[k]
-        axis = len(shape) - len(names) + next(i for i, a in enumerate(names) if a is not None)
+        if k in rules_lib.BATCH_LOGICAL:
+            names = rules_lib.BATCH_LOGICAL[k]
+            axis = len(shape) - len(names) + next(i for i, a in enumerate(names) if a is not None)
+        else:
+            axis = micro
         shape[axis] *= n
         out[k] = tuple(shape)
     return out
 
 
 def put_batch(batch: Mapping[str, Any], mesh: Mesh, shardings: Mapping[str, Any] | None = None,
-              microbatched: bool = False) -> dict[str, jax.Array]:
-    """Process-local numpy batch -> global device arrays (only the CONTRACTS.md keys are kept).
+              microbatched: bool = False, extra_keys: Sequence[str] = ()) -> dict[str, jax.Array]:
+    """Process-local numpy batch -> global device arrays (only the CONTRACTS.md keys and
+    `extra_keys` are kept).
 
     Each process passes its own rows and vision buffer; the global batch is their
     concatenation in process order (`compact_vision` fixes up the vision buffers in the step)."""
-    missing = [k for k in BATCH_KEYS if k not in batch]
+    keys = (*BATCH_KEYS, *extra_keys)
+    missing = [k for k in keys if k not in batch]
     if missing:
-        raise ValueError(f"batch lacks {missing} (the step expects all of {BATCH_KEYS})")
+        raise ValueError(f"batch lacks {missing} (the step expects all of {keys})")
     if shardings is None:
-        shardings = rules_lib.batch_shardings(global_batch_shapes(batch), mesh, microbatched=microbatched)
+        shardings = rules_lib.batch_shardings(global_batch_shapes(batch, extra_keys=extra_keys), mesh,
+                                              microbatched=microbatched, extra_keys=extra_keys)
     out = {}
-    for k in BATCH_KEYS:
+    for k in keys:
         local = np.asarray(batch[k])
         if jax.process_count() == 1:
             out[k] = jax.device_put(local, shardings[k])
@@ -136,6 +151,7 @@ def make_train_step(
     donate: bool = True,
     compiler_options: dict[str, Any] | None = None,
     loss_fn: losses.LossFn | None = None,
+    extra_keys: Sequence[str] | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """One `jax.jit` (state, batch) -> (state, metrics) with explicit shardings.
 
@@ -147,6 +163,10 @@ def make_train_step(
     compiler_options: XLA options for this jit (`CPU_FAST_COMPILE` in tests).
     loss_fn: (model_out, batch, weight_total) -> (objective, stats), see `vlm_jax.train.losses`
       (distillation, RL); default `losses.NextTokenLoss.from_configs(model_config, train_config)`.
+      A loss may define `weight_total(batch) -> scalar`: the weight_total it is given (computed on the
+      whole optimizer batch, micro-batch axis included), instead of sum(loss_weights).
+    extra_keys: batch keys beyond the CONTRACTS.md ones (module docstring); None: the loss_fn's
+      `extra_keys` attribute, else none. The step's batch must hold exactly these keys (`put_batch`).
 
     Metrics (replicated scalars unless noted): weight_sum, num_tokens, grad_norm (before clipping),
     skipped (1 if this step was not applied), skipped_steps, consecutive_skips, lr_<group>, and the
@@ -162,14 +182,16 @@ def make_train_step(
     k_micro = train_config.grad_accum_steps
     loss_fn = losses.NextTokenLoss.from_configs(mc, train_config) if loss_fn is None else loss_fn
     loss_metrics = getattr(loss_fn, "metrics", None)
+    loss_total = getattr(loss_fn, "weight_total", None)
+    extra_keys = tuple(getattr(loss_fn, "extra_keys", ()) if extra_keys is None else extra_keys)
     guard = bool(train_config.guard.skip_nonfinite)
     chunks = jax.process_count() if vision_chunks is None else vision_chunks
     boxed = abstract_state(mc, train_config)  # traced once: shapes, logical names, optimizer structure
     trainable = trainable_mask(boxed.params, train_config)
     st_shardings = rules_lib.param_shardings(boxed, mesh, rules)
     microbatched = k_micro > 1
-    shapes = {k: None if batch_shapes is None else batch_shapes[k] for k in BATCH_KEYS}
-    b_shardings = rules_lib.batch_shardings(shapes, mesh, rules, microbatched=microbatched)
+    shapes = {k: None if batch_shapes is None else batch_shapes[k] for k in (*BATCH_KEYS, *extra_keys)}
+    b_shardings = rules_lib.batch_shardings(shapes, mesh, rules, microbatched=microbatched, extra_keys=extra_keys)
     metrics_sharding = rules_lib.replicated(mesh)
 
     def objective_fn(params, mb, weight_total):
@@ -185,7 +207,7 @@ def make_train_step(
     def step(state: TrainState, batch: dict[str, jax.Array]):
         params = state.params
         weight_sum = jnp.sum(batch["loss_weights"].astype(jnp.float32))
-        weight_total = jnp.maximum(weight_sum, 1e-8)
+        weight_total = jnp.maximum(weight_sum if loss_total is None else loss_total(batch), 1e-8)
         if k_micro == 1:
             (objective, stats), grads = grad_fn(params, batch, weight_total)
         else:
