@@ -30,6 +30,10 @@ def get_config() -> mlc.ConfigDict:
     # tokens through RMSNorm, by direction, so every token of an image looks alike, attention over the
     # image is uniform and positions average out (box acc@0.5 0.03 -> 0.75 on single objects with it).
     c.model.merger_center = True
+    # A sine-cosine grid as the ViT's position-table init (not a learned-from-noise table): the warm-up's
+    # single-object box loss at step 400 falls to 0.30 instead of 0.40, and held-out box acc 0.06 -> 0.39.
+    c.model.vision.pos_embed_init = "sincos"
+    c.model.vision.pos_embed_init_scale = 0.5
     t = c.train
     t.remat_policy = "full"  # on CPU, recomputing beats storing every layer's activations
     t.num_train_steps = 900

@@ -10,6 +10,8 @@
 - `objectives`: `PolicyObjective`, `DistillObjective`: those losses as `make_train_step(loss_fn=...)` losses.
 - `rollout`: G sampled completions per prompt with their log-probs, and the train batch replaying them.
 - `rl`: the RL loop (`python -m vlm_jax.posttrain --config=vlm_jax/configs/posttrain/rl_*.py`).
+- `distill`: strong-to-weak distillation, off-policy then on-policy
+  (`python -m vlm_jax.posttrain --config=vlm_jax/configs/posttrain/distill_*.py`).
 
 Formulas, defaults and sources: the project's POSTTRAIN reference notes.
 """

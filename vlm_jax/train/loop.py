@@ -395,7 +395,6 @@ def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
     os.replace(tmp, os.path.join(workdir, "summary.json"))
 
 
-_write_summary = write_summary  # the old private name, still imported by vlm_jax.posttrain.distill
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
