@@ -1,8 +1,12 @@
 """Test inputs that need no Hugging Face: small model configs, random params, token layouts with
-vision placeholders. The comparisons against `transformers` live in `tests/hf_oracle.py` (the
+vision placeholders; and readers of what a run leaves behind (metrics rows, parameter differences).
+The comparisons against `transformers` live in `tests/hf_oracle.py` (the
 `oracle` fixture in conftest.py), so tests of our model alone run without torch installed."""
 
 from __future__ import annotations
+
+import json
+import os
 
 import flax.linen as nn
 import jax
@@ -93,3 +97,15 @@ def positions(c: mlc.ConfigDict, ids, mask, images, videos):
     """(MRoPE position ids, rope deltas) for HF-style separate image and video grids."""
     return rope.get_rope_index(ids, images, videos, mask, image_token_id=c.image_token_id,
                                video_token_id=c.video_token_id)
+
+
+def metrics_rows(workdir: str) -> list[dict]:
+    """The JSONL rows a run wrote to `<workdir>/metrics.jsonl`, in order."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def max_abs_diff(a, b) -> float:
+    """Largest |a - b| over all leaves of two parameter trees of the same structure."""
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))

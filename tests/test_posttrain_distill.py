@@ -6,7 +6,6 @@ gives the params of an uninterrupted run, and both configs validate at tiny and 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
 
@@ -16,6 +15,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
+from tests.helpers import max_abs_diff, metrics_rows
 from vlm_jax.configs import experiment, zoo
 from vlm_jax.configs import model as model_configs
 from vlm_jax.configs.posttrain import base, distill_onpolicy
@@ -42,16 +42,6 @@ def _small(offpolicy_steps: int, onpolicy_steps: int, student: str, teacher: str
     c.eval.update(tasks=("text",), num_per_task=2, batch_size=2, max_new_tokens=8, every=0)
     c.train.checkpoint.update(every_steps=1, keep=3, async_save=False)
     return c
-
-
-def _rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _max_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def _group_diffs(a, b, config) -> dict[str, float]:
@@ -102,7 +92,7 @@ def test_offpolicy_and_onpolicy_steps_move_the_student_never_the_teacher(dirs):
     s = distill._Setup(c, DEVICES, CPU_FAST_COMPILE)
     teacher = distill.load_teacher(c, s.mc, s.tokenizer, s.mesh)
     before = jax.device_get(teacher.params)
-    assert _max_diff(before, load_params(dirs[1])[1]) == 0
+    assert max_abs_diff(before, load_params(dirs[1])[1]) == 0
     state = distill._start_state(s)
     start = jax.device_get(state.params)
     state, row, cursor = distill.train_iteration(s, state, teacher, 0, 0, s.pipeline())
@@ -113,15 +103,15 @@ def test_offpolicy_and_onpolicy_steps_move_the_student_never_the_teacher(dirs):
     assert row["distill/onpolicy"] == 0 and row["distill/updates"] == 2 and cursor == 0
     state, row, cursor = distill.train_iteration(s, state, teacher, 2, cursor, None)
     assert row["distill/onpolicy"] == 1 and row["distill/updates"] == 2 and cursor == 2
-    assert _max_diff(jax.device_get(state.params), off) > 0
-    assert _max_diff(jax.device_get(teacher.params), before) == 0
+    assert max_abs_diff(jax.device_get(state.params), off) > 0
+    assert max_abs_diff(jax.device_get(teacher.params), before) == 0
 
 
 def test_run_logs_each_phase_and_exports(runs):
     straight, summary = runs["straight"]
     assert summary["iterations"] == 3 and summary["updates"] == 6 and summary["skipped_steps"] == 0
     assert summary["prompts_drawn"] == 2  # off-policy logits iterations draw no prompts
-    rows = _rows(straight)
+    rows = metrics_rows(straight)
     assert [r["distill/onpolicy"] for r in rows] == [0, 0, 1]
     off, on = rows[0], rows[2]
     assert off["distill/kl"] == off["distill/loss"] > 0  # forward KL between two different models
@@ -145,12 +135,12 @@ def test_stop_and_resume_equals_uninterrupted_run(runs):
     assert b["resumed_from"] == 1 and a["resumed_from"] is None
     assert a["iterations"] == b["iterations"] == 3 and a["updates"] == b["updates"] == 6
     assert a["prompts_drawn"] == b["prompts_drawn"]
-    rows_b = _rows(split)
+    rows_b = metrics_rows(split)
     assert [r["step"] for r in rows_b] == [2, 3]
-    for row_a, row_b in zip(_rows(straight)[1:], rows_b, strict=True):
+    for row_a, row_b in zip(metrics_rows(straight)[1:], rows_b, strict=True):
         for key in ("distill/loss", "distill/tokens", "distill/grad_norm"):
             assert row_a[key] == pytest.approx(row_b[key], abs=1e-6), key
-    diff = _max_diff(load_params(os.path.join(straight, "final"))[1], load_params(os.path.join(split, "final"))[1])
+    diff = max_abs_diff(load_params(os.path.join(straight, "final"))[1], load_params(os.path.join(split, "final"))[1])
     assert diff <= 1e-6, diff
 
 
@@ -160,7 +150,7 @@ def test_offpolicy_samples_with_images_train_every_module(dirs, tmp_path):
     c = _small(1, 0, *dirs, offpolicy="samples", offpolicy_loss="ce", text_only=False)
     c.eval.tasks = ()
     summary = distill.run(c, str(tmp_path), **KW)
-    [row] = _rows(str(tmp_path))
+    [row] = metrics_rows(str(tmp_path))
     assert row["distill/onpolicy"] == 0 and 0 < row["rollout/response_length"] <= 8
     assert summary["prompts_drawn"] == 2 and "distill/kl" not in row
     diffs = _group_diffs(load_params(summary["final_params"])[1], load_params(dirs[0])[1], c)

@@ -5,7 +5,6 @@ equal the eval harness's, the CLI's errors, and every RL config validates at tin
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
 import types
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers import max_abs_diff, metrics_rows
 from vlm_jax.configs import experiment, zoo
 from vlm_jax.configs import model as model_configs
 from vlm_jax.configs.posttrain import base, rl_sapo
@@ -56,16 +56,6 @@ def _small(iterations: int, init_from: str):
     return c
 
 
-def _rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _max_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-
-
 @pytest.fixture(scope="module")
 def init_dir(tmp_path_factory):
     """A random init exported like the zoo student (the default `init_from` of tiny RL)."""
@@ -102,7 +92,7 @@ def runs(tmp_path_factory, init_dir):
     ckpt = Checkpointer(os.path.join(split, "checkpoints"))
     state, data_state, step = ckpt.restore(unboxed_abstract_state(mc, tc, make_mesh(tc.parallel, DEVICES)))
     ckpt.close()
-    out["stopped"] = (stopped, _rows(split), jax.device_get(state.params), data_state, step)
+    out["stopped"] = (stopped, metrics_rows(split), jax.device_get(state.params), data_state, step)
     out["resumed"] = (split, rl.run(c, split, reward_fn=_reward, **kw))
     return out
 
@@ -112,9 +102,10 @@ def test_one_iteration_moves_the_params_and_logs_metrics(runs, init_dir):
     assert summary["stopped_by_signal"] and "final_params" not in summary
     assert summary["iterations"] == step == 1 and summary["updates"] == 2 and summary["skipped_steps"] == 0
     assert data_state == {"iteration": 1, "prompt_cursor": summary["prompts_drawn"]}
-    assert _max_diff(params, load_params(init_dir)[1]) > 0
+    assert max_abs_diff(params, load_params(init_dir)[1]) > 0
     [row] = rows
-    print(f"one tiny RL iteration (compiles included): {_rows(runs['straight'][0])[0]['time/iteration_seconds']:.1f}"
+    first = metrics_rows(runs["straight"][0])[0]["time/iteration_seconds"]
+    print(f"one tiny RL iteration (compiles included): {first:.1f}"
           f" s; compiled: {row['time/iteration_seconds']:.1f} s")
     for key in ("reward/mean", "reward/count", "reward/ground_box", "pass_rate/mean", "groups/kept",
                 "policy/gate_weight_mean", "policy/approx_kl", "policy/kl_to_start", "policy/entropy",
@@ -137,13 +128,13 @@ def test_stop_and_resume_equals_uninterrupted_run(runs):
     assert b["resumed_from"] == 1 and a["resumed_from"] is None
     assert a["iterations"] == b["iterations"] == 2 and a["updates"] == b["updates"] == 4
     assert a["prompts_drawn"] == b["prompts_drawn"]
-    rows_a, rows_b = _rows(straight), _rows(split)
+    rows_a, rows_b = metrics_rows(straight), metrics_rows(split)
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [1, 2]
     for row_a, row_b in zip(rows_a, rows_b):
         for key in ("reward/mean", "groups/kept", "rollout/rounds", "policy/loss", "policy/kl_to_start"):
             assert row_a[key] == pytest.approx(row_b[key], abs=1e-6), key
     assert rows_a[1]["policy/kl_to_start"] > 0  # the reference stayed the start params across the resume
-    diff = _max_diff(load_params(os.path.join(straight, "final"))[1], load_params(os.path.join(split, "final"))[1])
+    diff = max_abs_diff(load_params(os.path.join(straight, "final"))[1], load_params(os.path.join(split, "final"))[1])
     assert diff <= 1e-6, diff
     # Export and the held-out eval after the last iteration.
     assert {"model_config.json", "params", "tokenizer.json", "processor_config.json"} <= set(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.checkpoint_faults import fail_background_writes
+from tests.helpers import max_abs_diff, metrics_rows
 from vlm_jax.configs import recipe, synthetic_tiny
 from vlm_jax.configs.experiment import model_config
 from vlm_jax.inference.loading import load_processor_config
@@ -38,18 +39,8 @@ def _small(c, steps):
     return c
 
 
-def _rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def _final_params(workdir):
     return load_params(os.path.join(workdir, "final"))[1]
-
-
-def _max_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +55,7 @@ def straight(tmp_path_factory):
 
 def test_logs_export_and_evaluation(straight):
     workdir, summary = straight
-    rows = [r for r in _rows(workdir) if "loss" in r]
+    rows = [r for r in metrics_rows(workdir) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "grad_norm", "lr_llm", "tokens_per_second", "step_seconds", "mfu"):
         assert all(np.isfinite(r[key]) for r in rows), key
@@ -91,7 +82,7 @@ def test_logs_export_and_evaluation(straight):
     assert 0 <= ev["tasks"]["grounding"]["vision_off"] <= 1 and len(ev["vision_off"]["predictions"]) == 6
     assert os.path.exists(os.path.join(workdir, "eval", "results.json"))
     assert any(f.endswith(".png") for f in os.listdir(os.path.join(workdir, "eval")))  # boxes drawn
-    assert any("eval/counting/exact" in r for r in _rows(workdir))
+    assert any("eval/counting/exact" in r for r in metrics_rows(workdir))
 
 
 def test_stop_and_resume_equals_uninterrupted_run(straight, tmp_path):
@@ -101,11 +92,11 @@ def test_stop_and_resume_equals_uninterrupted_run(straight, tmp_path):
     train_and_evaluate(_small(synthetic_tiny.get_config(), 3), workdir_b)
     summary = train_and_evaluate(_small(synthetic_tiny.get_config(), 6), workdir_b)
     assert summary["resumed_from"] == 3 and summary["steps"] == 6
-    loss_a = [r["loss"] for r in _rows(workdir_a) if "loss" in r]
-    loss_b = [r["loss"] for r in _rows(workdir_b) if "loss" in r]
+    loss_a = [r["loss"] for r in metrics_rows(workdir_a) if "loss" in r]
+    loss_b = [r["loss"] for r in metrics_rows(workdir_b) if "loss" in r]
     assert len(loss_b) == 6
     np.testing.assert_allclose(loss_b, loss_a, rtol=0, atol=1e-6)
-    assert _max_diff(_final_params(workdir_a), _final_params(workdir_b)) == 0.0
+    assert max_abs_diff(_final_params(workdir_a), _final_params(workdir_b)) == 0.0
 
 
 def _cli(cwd, *args):
@@ -142,7 +133,7 @@ def test_failed_save_stops_the_run(tmp_path, monkeypatch):
         train_and_evaluate(_small(synthetic_tiny.get_config(), 6), workdir)
     # The first save (step 1) fails in the background; the step-3 save waits for it at the latest.
     assert str(e.value) == f"checkpoint save failed: {workdir}/checkpoints/1: OSError: [Errno 5] Input/output error"
-    assert [r["step"] for r in _rows(workdir) if "loss" in r] in ([1], [1, 2])
+    assert [r["step"] for r in metrics_rows(workdir) if "loss" in r] in ([1], [1, 2])
     assert not os.path.exists(os.path.join(workdir, "final"))
 
 
@@ -160,7 +151,7 @@ def test_recipe_s0_trains_only_the_merger_and_s1_starts_from_it(tmp_path):
     s0_dir = str(tmp_path / "s0")
     train_and_evaluate(c0, s0_dir)
     before, after = load_params(init_dir)[1], _final_params(s0_dir)
-    changed = {k: _max_diff(before[k], after[k]) > 0 for k in before}
+    changed = {k: max_abs_diff(before[k], after[k]) > 0 for k in before}
     mergers = [k for k in changed if k == "merger" or k.startswith("deepstack_mergers")]
     assert len(mergers) == 3 and all(changed.pop(k) for k in mergers)
     assert set(changed) == {"vision", "embed", "decoder"} and not any(changed.values()), changed  # frozen
@@ -173,7 +164,7 @@ def test_recipe_s0_trains_only_the_merger_and_s1_starts_from_it(tmp_path):
     s1_dir = str(tmp_path / "s1")
     summary = train_and_evaluate(c1, s1_dir)
     assert summary["steps"] == 1
-    assert _max_diff(after, _final_params(s1_dir)) == 0.0
+    assert max_abs_diff(after, _final_params(s1_dir)) == 0.0
 
 
 @pytest.mark.parametrize("scale", recipe.SCALES)
