@@ -94,3 +94,60 @@ def test_causal_chunks_skip_only_masked_blocks():
     grads = [jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * w), argnums=(0, 1, 2))(q, k, v)
              for f in (chunked, reference)]
     chex.assert_trees_all_close(grads[0], grads[1], atol=1e-5)
+
+
+def _packed_rows(b, t, lengths, seed):
+    """Rows packed with samples of the given lengths (cycled), then trailing padding."""
+    seg = np.zeros((b, t), np.int32)
+    r = np.random.default_rng(seed)
+    for row in range(b):
+        pos, sid = 0, 1
+        while pos < t - 20:
+            n = int(r.choice(lengths))
+            seg[row, pos:min(pos + n, t - 20)] = sid
+            pos, sid = pos + n, sid + 1
+    return jnp.asarray(seg)
+
+
+@pytest.mark.parametrize("lengths,fits", [((5, 40, 90), True), ((5, 40, 150), False)])
+def test_packed_rows_look_back_one_window_only(lengths, fits):
+    # Packed samples no longer than the window minus a chunk take the windowed path; one longer
+    # sample sends the batch down the causal-chunked path. Both equal the reference, gradients too.
+    b, t, h, kh, d = 2, 3 * attn.PACKED_WINDOW + 17, 4, 2, 8
+    q, k, v, w = _inputs(b, t, t, h, kh, d, seed=5)
+    seg = _packed_rows(b, t, lengths, seed=6)
+    assert bool(attn._packed_fits(seg, attn.PACKED_CHUNK, attn.PACKED_WINDOW)) == fits
+    mask = attn.attention_mask(seg, None, causal=True, t=t, s=t)
+    # Padding queries (segment 0) attend to nothing useful and their outputs are never read, so
+    # they are compared as the model uses them: not at all (each path averages a different span).
+    valid = (seg != 0)[:, :, None, None]
+
+    def packed(q, k, v):
+        return attn.dot_product_attention(q, k, v, q_segment_ids=seg, causal=True) * valid
+
+    def reference(q, k, v):
+        return attn.reference_attention(q, k, v, mask) * valid
+
+    chex.assert_trees_all_close(jax.jit(packed)(q, k, v), reference(q, k, v), atol=1e-5)
+    grads = [jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * w), argnums=(0, 1, 2)))(q, k, v)
+             for f in (packed, reference)]
+    chex.assert_trees_all_close(grads[0], grads[1], atol=1e-5)
+
+
+def test_packed_fits_checks_where_each_chunks_sample_began():
+    c, win = attn.PACKED_CHUNK, attn.PACKED_WINDOW
+    t = 8 * c
+    # Chunk i (first query at i*c) sees keys from (i+1)*c - win on. A sample that covers chunk 4's
+    # first query (4c) fits when it began at 5c - win or later, one token earlier it does not.
+    edge = 5 * c - win
+
+    def row(begin, end):
+        seg = np.full((1, t), 3, np.int32)
+        seg[0, :begin] = 1
+        seg[0, begin:end] = 2
+        return jnp.asarray(seg)
+
+    assert bool(attn._packed_fits(row(edge, 4 * c + 1), c, win))
+    assert not bool(attn._packed_fits(row(edge - 1, 4 * c + 1), c, win))
+    # Padding queries attend to nothing useful: a long run of padding is never a reason to fall back.
+    assert bool(attn._packed_fits(jnp.zeros((1, t), jnp.int32), c, win))

@@ -36,6 +36,34 @@ def test_token_cross_entropy_matches_numpy(data):
     np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=1e-5)
 
 
+def test_token_cross_entropy_gradient_is_softmax_minus_onehot(data):
+    """The written-out backward pass: for loss = sum(a*ce + b*lse) the logits' gradient is
+    (a + b) * softmax - a * onehot(target), computed here in float64 numpy."""
+    logits, targets, weights, _ = data
+    b = np.linspace(-0.5, 0.5, weights.size, dtype=np.float32).reshape(weights.shape)
+
+    def loss(x):
+        ce, lse = losses.token_cross_entropy(x, jnp.asarray(targets))
+        return jnp.sum(weights * ce + b * lse)
+
+    got = jax.grad(loss)(jnp.asarray(logits))
+    x = logits.astype(np.float64)
+    softmax = np.exp(x - x.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    onehot = np.eye(x.shape[-1])[targets]
+    want = (weights + b)[..., None] * softmax - weights[..., None] * onehot
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # and the same as autodiff of the plain formula, in bfloat16 logits too (gradient in their dtype)
+    lb = jnp.asarray(logits).astype(jnp.bfloat16)
+    plain = lambda x: jnp.sum(weights * (jax.nn.logsumexp(x.astype(jnp.float32), -1) - jnp.take_along_axis(
+        x.astype(jnp.float32), jnp.asarray(targets)[..., None], -1)[..., 0]) + b * jax.nn.logsumexp(
+        x.astype(jnp.float32), -1))
+    g16 = jax.grad(loss)(lb)
+    assert g16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g16, np.float32), np.asarray(jax.grad(plain)(lb), np.float32),
+                               atol=1e-2)
+
+
 def test_weighted_loss_matches_numpy(data):
     logits, targets, weights, _ = data
     out = losses.cross_entropy_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights), z_loss_coef=1e-3)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import LAYOUTS, TOL, build, positions, small_config
-from vlm_jax.kernels.attention import segment_attention, segments_fit_blocks
+from vlm_jax.kernels import attention as attn
+from vlm_jax.kernels.attention import segment_attention, segments_fit_blocks, segments_within_blocks
 from vlm_jax.model.vlm import Qwen3VL
 
 
@@ -26,7 +27,10 @@ def _weighted_loss(block, seg, valid):
 @pytest.mark.parametrize("block", [16, 20, 7])  # 7: the 16-patch frames do not fit -> dense fallback
 def test_blocked_equals_dense_values_and_gradients(block):
     # Frames that straddle block boundaries, a run of padding longer than the block, odd total length.
-    q, k, v, seg = _flat([7, 16, 3, 16, 9, 12, 1], pad=37)
+    _assert_blocked_equals_dense(*_flat([7, 16, 3, 16, 9, 12, 1], pad=37), block)
+
+
+def _assert_blocked_equals_dense(q, k, v, seg, block):
     valid = np.asarray(seg) != 0
     dense = segment_attention(q, k, v, seg, block=0)
     blocked = jax.jit(lambda q, k, v: segment_attention(q, k, v, seg, block=block))(q, k, v)
@@ -35,6 +39,25 @@ def test_blocked_equals_dense_values_and_gradients(block):
     g_blocked = jax.jit(jax.grad(_weighted_loss(block, seg, valid), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(g_dense, g_blocked):
         assert np.abs(np.asarray(a - b)).max() < 1e-5
+
+
+@pytest.mark.parametrize("lengths,pad,block,path", [
+    ([16, 16, 8, 8, 16], 37, 16, 2),  # every frame inside one block: the own-block path
+    ([16, 16, 8, 8, 16], 0, 16, 2),   # ... with no padding at all
+    ([12, 16, 4, 16], 16, 16, 1),     # frames straddle boundaries but fit: the neighbour path
+])
+def test_each_path_equals_dense_values_and_gradients(lengths, pad, block, path):
+    q, k, v, seg = _flat(lengths, pad=pad)
+    assert int(attn._path_index(seg, block)) == path
+    _assert_blocked_equals_dense(q, k, v, seg, block)
+
+
+def test_segments_within_blocks():
+    seg = lambda *xs: jnp.asarray(xs, jnp.int32)
+    assert bool(segments_within_blocks(seg(1, 1, 2, 2, 3, 3, 0, 0), 2))
+    assert not bool(segments_within_blocks(seg(1, 2, 2, 3, 3, 3, 0, 0), 2))  # frame 2 crosses a boundary
+    assert bool(segments_within_blocks(seg(1, 1, 2, 2, 0, 0, 0, 0), 4))     # padding runs may cross
+    assert not bool(segments_within_blocks(seg(1, 1, 2, 2, 1, 1, 0, 0), 2))  # id 1 in two blocks (windows)
 
 
 def test_segments_fit_blocks_ignores_padding_runs():

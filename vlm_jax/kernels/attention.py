@@ -8,8 +8,10 @@ All implementations take q [B, T, H, D], k/v [B, S, K, D] with H a multiple of K
 dense [P, P] mask spends almost all its work on pairs that are masked out. With `block` > 0 it
 attends each block of `block` queries to its own and the two neighbouring key blocks, which is
 exact whenever no segment is longer than `block` (a segment that holds a query then lies within
-those three blocks); when some segment is longer, a `lax.cond` takes the dense path instead, so
-the result is exact either way.
+those three blocks); when some segment is longer, the dense path runs instead, so the result is
+exact either way. When every segment lies inside one block (frames of exactly `block` patches
+packed from a block boundary, as the main job's images are), each block attends to itself only:
+a third of the neighbour path's work. A `lax.switch` picks the cheapest exact path per batch.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def dot_product_attention(
                               kv_positions=kv_positions, t=t, s=s)
     if impl == "xla":
         if causal and q_positions is None and kv_positions is None and t == s and t >= 2 * CAUSAL_CHUNK:
+            if q_segment_ids is not None and kv_segment_ids is None and t > PACKED_WINDOW:
+                return _packed_causal_attention(q, k, v, q_segment_ids, PACKED_CHUNK, PACKED_WINDOW)
             return _causal_chunked_attention(q, k, v, mask, CAUSAL_CHUNK)
         return _fused_attention(q, k, v, mask)
     if impl == "cudnn":
@@ -182,6 +186,69 @@ def _causal_chunked_attention(q, k, v, mask, chunk):
     return jnp.concatenate(outs, axis=1)
 
 
+# Packed rows (many short samples, told apart by segment ids): a query attends only to its own
+# sample, which began at most a few dozen tokens back. Query chunks of PACKED_CHUNK rows then look
+# at the PACKED_WINDOW keys that end with the chunk, instead of every key before it: exact when
+# every sample holding a chunk's first query began inside that window, which `_packed_fits`
+# checks per batch (otherwise the causal-chunked path runs).
+PACKED_CHUNK = 32
+PACKED_WINDOW = 128
+
+
+def _packed_fits(seg, chunk, window):
+    """Whether, in every row, the segment of each chunk's first query starts inside the chunk's key window."""
+    b, t = seg.shape
+    idx = jnp.arange(t)
+    starts = jnp.concatenate([jnp.ones((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+    run_start = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)  # where each position's run began
+    first = jnp.arange(0, t, chunk)
+    window_start = jnp.maximum(jnp.minimum(first + chunk, t) - window, 0)
+    return jnp.all((run_start[:, first] >= window_start) | (seg[:, first] == 0))
+
+
+def _windowed_causal(q, k, v, seg, chunk, window):
+    t = q.shape[1]
+    outs = []
+    for start in range(0, t, chunk):
+        end = min(start + chunk, t)
+        lo = max(end - window, 0)
+        m = attention_mask(seg[:, start:end], seg[:, lo:end], causal=True, q_positions=jnp.arange(start, end)[None],
+                           kv_positions=jnp.arange(lo, end)[None], t=end - start, s=end - lo)
+        outs.append(_fused_attention(q[:, start:end], k[:, lo:end], v[:, lo:end], m))
+    return jnp.concatenate(outs, axis=1)
+
+
+def _full_causal(q, k, v, seg):
+    t = q.shape[1]
+    mask = attention_mask(seg, None, causal=True, t=t, s=t)
+    return _causal_chunked_attention(q, k, v, mask, CAUSAL_CHUNK)
+
+
+def _packed_branches(chunk, window):
+    return (_full_causal, lambda q, k, v, s: _windowed_causal(q, k, v, s, chunk, window))
+
+
+# The same custom-VJP pattern as `_blocked_segment_attention`: the backward recomputes only the
+# branch that ran, so the other branch's residuals are never materialised.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _packed_causal_attention(q, k, v, seg, chunk, window):
+    index = _packed_fits(seg, chunk, window).astype(jnp.int32)
+    return jax.lax.switch(index, _packed_branches(chunk, window), q, k, v, seg)
+
+
+def _packed_fwd(q, k, v, seg, chunk, window):
+    return _packed_causal_attention(q, k, v, seg, chunk, window), (q, k, v, seg)
+
+
+def _packed_bwd(chunk, window, res, g):
+    q, k, v, seg = res
+    index = _packed_fits(seg, chunk, window).astype(jnp.int32)
+    return (*_switch_vjp(index, _packed_branches(chunk, window), q, k, v, seg, g), None)
+
+
+_packed_causal_attention.defvjp(_packed_fwd, _packed_bwd)
+
+
 def segment_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, segment_ids: jnp.ndarray, *,
                       block: int = 0, impl: str = "xla") -> jnp.ndarray:
     """Bidirectional attention within segments of one flat sequence: q/k/v [P, H, D], segment_ids
@@ -224,19 +291,58 @@ def segments_fit_blocks(seg: jnp.ndarray, block: int) -> jnp.ndarray:
     return jnp.max(lengths) <= block
 
 
+def segments_within_blocks(seg: jnp.ndarray, block: int) -> jnp.ndarray:
+    """Whether every non-padding segment lies inside one block of `block` positions (a traced
+    bool): each segment id forms one contiguous run (window ids need not), and no run continues
+    across a block boundary. Then `segment_attention`'s own-block path is exact. `seg` must be
+    padded to a multiple of `block`."""
+    starts = jnp.concatenate([jnp.ones((1,), bool), seg[1:] != seg[:-1]])
+    runs = jnp.sum(starts & (seg != 0))
+    ids = jnp.sort(seg)
+    distinct = jnp.sum(jnp.concatenate([jnp.ones((1,), bool), ids[1:] != ids[:-1]]) & (ids != 0))
+    after, before = seg[block::block], seg[block - 1:-1:block]
+    return (runs == distinct) & jnp.all((after != before) | (after == 0))
+
+
+def _own_block_segment_attention(q, k, v, seg, block, impl):
+    p, h, d = q.shape
+    n = p // block
+    sq = seg.reshape(n, block)
+    mask = (sq[:, :, None] == sq[:, None, :]) & (sq[:, None, :] != 0)
+    blocks = lambda a: a.reshape(n, block, *a.shape[1:])
+    return dot_product_attention(blocks(q), blocks(k), blocks(v), mask=mask, impl=impl).reshape(p, h, d)
+
+
+def _pad_to_blocks(a, block):
+    pad = -a.shape[0] % block
+    return jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)) if pad else a
+
+
+def _path_index(seg, block):
+    """0: dense, 1: neighbouring blocks, 2: own block (the cheapest exact path)."""
+    padded = _pad_to_blocks(seg, block)
+    return jnp.where(segments_within_blocks(padded, block), 2,
+                     jnp.where(segments_fit_blocks(seg, block), 1, 0))
+
+
 def _branches(block, impl):
+    def own(q, k, v, s):
+        p = q.shape[0]
+        q, k, v, s = (_pad_to_blocks(a, block) for a in (q, k, v, s))
+        return _own_block_segment_attention(q, k, v, s, block, impl)[:p]
+
     return (lambda q, k, v, s: _dense_segment_attention(q, k, v, s, impl),
-            lambda q, k, v, s: _local_segment_attention(q, k, v, s, block, impl))
+            lambda q, k, v, s: _local_segment_attention(q, k, v, s, block, impl),
+            own)
 
 
-# A custom VJP, because differentiating a `lax.cond` makes both branches' residuals outputs of
+# A custom VJP, because differentiating a `lax.switch` makes every branch's residuals outputs of
 # the forward pass: the dense branch's [P, P] buffers would be allocated (zero-filled) on every
-# step even when the blocked branch runs. Here the forward keeps only q, k, v and the backward
+# step even when a blocked branch runs. Here the forward keeps only q, k, v and the backward
 # recomputes the taken branch (as flash attention does).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _blocked_segment_attention(q, k, v, seg, block, impl):
-    dense, local = _branches(block, impl)
-    return jax.lax.cond(segments_fit_blocks(seg, block), local, dense, q, k, v, seg)
+    return jax.lax.switch(_path_index(seg, block), _branches(block, impl), q, k, v, seg)
 
 
 def _blocked_fwd(q, k, v, seg, block, impl):
@@ -245,13 +351,16 @@ def _blocked_fwd(q, k, v, seg, block, impl):
 
 def _blocked_bwd(block, impl, res, g):
     q, k, v, seg = res
+    return (*_switch_vjp(_path_index(seg, block), _branches(block, impl), q, k, v, seg, g), None)
+
+
+def _switch_vjp(index, branches, q, k, v, seg, g):
+    """(dq, dk, dv) of the branch `index` selects, recomputed from q, k, v: cotangent `g`."""
 
     def grad_of(fn):
         return lambda q, k, v, seg: jax.vjp(lambda q, k, v: fn(q, k, v, seg), q, k, v)[1](g)
 
-    dense, local = _branches(block, impl)
-    dq, dk, dv = jax.lax.cond(segments_fit_blocks(seg, block), grad_of(local), grad_of(dense), q, k, v, seg)
-    return dq, dk, dv, None
+    return jax.lax.switch(index, [grad_of(f) for f in branches], q, k, v, seg)
 
 
 _blocked_segment_attention.defvjp(_blocked_fwd, _blocked_bwd)
