@@ -111,7 +111,9 @@ def _xla_flag(flags: str, name: str) -> str | None:
 def runtime_settings() -> dict[str, Any]:
     """Thread settings of JAX / XLA and PyTorch as this process runs them: the environment variables,
     `--xla_cpu_multi_thread_eigen` (XLA's default is true), JAX's devices, and torch's intra- and
-    inter-op thread counts. A runtime the benchmark did not import is reported as not imported."""
+    inter-op thread counts, and the process settings `vlm_jax.runtime` applied on import (malloc,
+    dispatch mode, YNNPACK fusions: they change both sides' speed in one process). A runtime the
+    benchmark did not import is reported as not imported."""
     env = {k: os.environ.get(k) for k in THREAD_ENV}
     out: dict[str, Any] = {"env": env}
     eigen = _xla_flag(env["XLA_FLAGS"] or "", "xla_cpu_multi_thread_eigen")
@@ -120,7 +122,8 @@ def runtime_settings() -> dict[str, Any]:
 
         out["jax"] = {"version": jax.__version__, "backend": jax.default_backend(),
                       "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
-                      "xla_cpu_multi_thread_eigen": eigen if eigen is not None else "unset (default true)"}
+                      "xla_cpu_multi_thread_eigen": eigen if eigen is not None else "unset (default true)",
+                      "async_dispatch": jax.config.values.get("jax_cpu_enable_async_dispatch")}
     else:
         out["jax"] = {"imported": False}
     if "torch" in sys.modules:
@@ -130,6 +133,8 @@ def runtime_settings() -> dict[str, Any]:
                         "num_interop_threads": torch.get_num_interop_threads()}
     else:
         out["torch"] = {"imported": False}
+    if "vlm_jax.runtime" in sys.modules:
+        out["vlm_jax_runtime"] = sys.modules["vlm_jax.runtime"].settings()
     return out
 
 
