@@ -66,6 +66,7 @@ def _logits(config, params, batch, pixel_values):
                                  pixel_values, batch["grid_thw"])["logits"]
 
 
+@pytest.mark.slow  # 27 to 133 s on 2 cores; `pytest -m slow` runs it
 @pytest.mark.parametrize("scale", [0.0, 1.0])
 def test_zero_merger_output_starts_blind_but_trainable(scale):
     config, batch = _config(merger_out_init_scale=scale)

@@ -62,6 +62,7 @@ def tiny_box_batch():
     return c.model, jax.device_get(nn.unbox(init_params(c.model, jax.random.key(0)))), batch
 
 
+@pytest.mark.slow  # 27 to 133 s on 2 cores; `pytest -m slow` runs it
 def test_attention_probe_reproduces_the_model_attention_output(tiny_box_batch):
     # The host-side softmax(q k / sqrt(d)) over captured q, k, times captured v, must equal what the
     # model fed to o_proj: masks, RoPE, GQA grouping and layer order are then all right.

@@ -46,6 +46,7 @@ def _loss(c, params, ids, pos, grid, px):
     return jnp.mean(jax.nn.logsumexp(out["logits"], -1)) + 0.1 * out["aux_loss"]
 
 
+@pytest.mark.slow  # 27 to 133 s on 2 cores; `pytest -m slow` runs it
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_policies_give_the_same_gradients(policy):
     c = model_configs.get_config("tiny-moe")

@@ -136,6 +136,7 @@ def _max_abs(tree) -> float:
     return max(float(np.abs(x).max()) for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow  # 27 to 133 s on 2 cores; `pytest -m slow` runs it
 @pytest.mark.parametrize("name", ["sapo", "grpo"])
 def test_on_policy_step_is_the_plain_policy_gradient(mesh, big_tokens, name):
     batch = _with_rl(big_tokens, 0)  # old_logp = the current policy's log-probs
@@ -172,6 +173,7 @@ def test_off_policy_sapo_step_moves_params_with_finite_metrics(mesh, big_tokens)
     assert _max_abs(_delta(params1)) > 1e-4
 
 
+@pytest.mark.slow  # 27 to 133 s on 2 cores; `pytest -m slow` runs it
 def test_policy_objective_adds_up_over_micro_batches(mesh, micro_tokens):
     """grad_accum_steps = 2 on two micro-batches with different token and sequence counts (one empty row)
     gives the loss, metrics and update of one step on all rows: `weight_total` counts the whole batch

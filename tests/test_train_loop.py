@@ -85,6 +85,7 @@ def test_logs_export_and_evaluation(straight):
     assert any("eval/counting/exact" in r for r in metrics_rows(workdir))
 
 
+@pytest.mark.slow  # 27 to 133 s on 2 cores; `pytest -m slow` runs it
 def test_stop_and_resume_equals_uninterrupted_run(straight, tmp_path):
     # Stopped at step 3 inside the warm-up stage (4 steps), resumed across its end.
     workdir_a, _ = straight
@@ -142,6 +143,7 @@ def _stage(name, steps):
     return _small(c, steps)
 
 
+@pytest.mark.slow  # 27 to 133 s on 2 cores; `pytest -m slow` runs it
 def test_recipe_s0_trains_only_the_merger_and_s1_starts_from_it(tmp_path):
     c0 = _stage("s0_align", 2)
     init_dir = tmp_path / "init"  # S0 starts from given params (at full scale: a converted checkpoint)

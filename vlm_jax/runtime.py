@@ -1,14 +1,14 @@
 """Process settings that make XLA:CPU steps fast; applied once when `vlm_jax` is imported.
 
-Profiling the train step on CPU (see benchmarks/profile_step.py) found a third of its time
-outside the arithmetic:
+Profiling the train step on CPU (benchmarks/profile_step.py, getrusage, strace) found a third of
+its time outside the arithmetic:
 
 - **Fresh pages every step.** XLA:CPU allocates each execution's temporary buffer (hundreds of
   MiB for a train step) with `malloc` and frees it afterwards. glibc serves any block above its
   mmap threshold (at most 32 MiB) with a fresh `mmap`, so every step page-faults its whole
   working set in again and the kernel zeroes it: 58,000 faults and 115 ms of system time per
-  step of the `tiny` benchmark. `mallopt(M_MMAP_MAX, 0)` and a high `M_TRIM_THRESHOLD` make
-  freed memory stay in the heap, where the next step reuses it.
+  step of the `tiny` benchmark. `mallopt(M_MMAP_MAX, 0)` and no trimming (`M_TRIM_THRESHOLD`
+  -1, i.e. the largest size) make freed memory stay in the heap, where the next step reuses it.
 - **Where the buffer is allocated.** With asynchronous dispatch the step runs on an XLA worker
   thread, whose glibc arena cannot hold a block larger than 64 MiB and falls back to `mmap`
   regardless of the setting above. Synchronous dispatch (`jax_cpu_enable_async_dispatch=False`)
@@ -20,7 +20,7 @@ outside the arithmetic:
 All three only matter when JAX runs on the CPU; they are skipped when an accelerator plugin is
 installed and `JAX_PLATFORMS` does not ask for the CPU. `VLM_JAX_CPU_TUNING=0` turns them off.
 Memory freed back to the heap is not returned to the OS while the process runs (its peak stays
-resident), which is what a training process wants.
+resident), which is what a training process, running one step program over and over, wants.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ def _causal_chunked_attention(q, k, v, mask, chunk):
 # every sample holding a chunk's first query began inside that window, which `_packed_fits`
 # checks per batch (otherwise the causal-chunked path runs).
 PACKED_CHUNK = 32
-PACKED_WINDOW = 128
+PACKED_WINDOW = 128  # a multiple of PACKED_CHUNK
 
 
 def _packed_fits(seg, chunk, window):
@@ -207,15 +207,30 @@ def _packed_fits(seg, chunk, window):
 
 
 def _windowed_causal(q, k, v, seg, chunk, window):
-    t = q.shape[1]
-    outs = []
-    for start in range(0, t, chunk):
-        end = min(start + chunk, t)
-        lo = max(end - window, 0)
-        m = attention_mask(seg[:, start:end], seg[:, lo:end], causal=True, q_positions=jnp.arange(start, end)[None],
-                           kv_positions=jnp.arange(lo, end)[None], t=end - start, s=end - lo)
-        outs.append(_fused_attention(q[:, start:end], k[:, lo:end], v[:, lo:end], m))
-    return jnp.concatenate(outs, axis=1)
+    """Every query chunk against the `window` keys that end with it, as one batched attention
+    over [B * chunks] (`window` a multiple of `chunk`)."""
+    b, t, h, d = q.shape
+    n = -(-t // chunk)
+    tail = n * chunk - t
+
+    def windows(a, fill):
+        # a [B, T, ...] -> [B, n, window, ...]: chunk i's keys are positions (i+1)*chunk - window ...
+        a = jnp.pad(a, ((0, 0), (window - chunk, tail)) + ((0, 0),) * (a.ndim - 2), constant_values=fill)
+        parts = [a[:, j * chunk:(j + n) * chunk].reshape(b, n, chunk, *a.shape[2:]) for j in range(window // chunk)]
+        return jnp.concatenate(parts, axis=2)
+
+    def chunks(a):
+        a = jnp.pad(a, ((0, 0), (0, tail)) + ((0, 0),) * (a.ndim - 2))
+        return a.reshape(b, n, chunk, *a.shape[2:])
+
+    seg_q, seg_k = chunks(seg), windows(seg, 0)
+    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+    pos_q, pos_k = chunks(pos), windows(pos, -1)
+    mask = ((seg_q[..., :, None] == seg_k[..., None, :]) & (seg_k[..., None, :] != 0)
+            & (pos_k[..., None, :] <= pos_q[..., :, None]))
+    flat = lambda a: a.reshape(b * n, *a.shape[2:])
+    out = _fused_attention(flat(chunks(q)), flat(windows(k, 0)), flat(windows(v, 0)), flat(mask))
+    return out.reshape(b, n * chunk, h, d)[:, :t]
 
 
 def _full_causal(q, k, v, seg):
