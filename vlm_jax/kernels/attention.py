@@ -223,13 +223,11 @@ def _windowed_causal(q, k, v, seg, chunk, window):
         a = jnp.pad(a, ((0, 0), (0, tail)) + ((0, 0),) * (a.ndim - 2))
         return a.reshape(b, n, chunk, *a.shape[2:])
 
-    seg_q, seg_k = chunks(seg), windows(seg, 0)
-    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
-    pos_q, pos_k = chunks(pos), windows(pos, -1)
-    mask = ((seg_q[..., :, None] == seg_k[..., None, :]) & (seg_k[..., None, :] != 0)
-            & (pos_k[..., None, :] <= pos_q[..., :, None]))
     flat = lambda a: a.reshape(b * n, *a.shape[2:])
-    out = _fused_attention(flat(chunks(q)), flat(windows(k, 0)), flat(windows(v, 0)), flat(mask))
+    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+    mask = attention_mask(flat(chunks(seg)), flat(windows(seg, 0)), causal=True, q_positions=flat(chunks(pos)),
+                          kv_positions=flat(windows(pos, -1)), t=chunk, s=window)
+    out = _fused_attention(flat(chunks(q)), flat(windows(k, 0)), flat(windows(v, 0)), mask)
     return out.reshape(b, n * chunk, h, d)[:, :t]
 
 
@@ -252,12 +250,13 @@ def _packed_causal_attention(q, k, v, seg, chunk, window):
 
 
 def _packed_fwd(q, k, v, seg, chunk, window):
-    return _packed_causal_attention(q, k, v, seg, chunk, window), (q, k, v, seg)
+    index = _packed_fits(seg, chunk, window).astype(jnp.int32)
+    out = jax.lax.switch(index, _packed_branches(chunk, window), q, k, v, seg)
+    return out, (q, k, v, seg, index)
 
 
 def _packed_bwd(chunk, window, res, g):
-    q, k, v, seg = res
-    index = _packed_fits(seg, chunk, window).astype(jnp.int32)
+    q, k, v, seg, index = res
     return (*_switch_vjp(index, _packed_branches(chunk, window), q, k, v, seg, g), None)
 
 
@@ -279,10 +278,8 @@ def _dense_segment_attention(q, k, v, seg, impl):
 
 def _local_segment_attention(q, k, v, seg, block, impl):
     p, h, d = q.shape
-    n = -(-p // block)
-    pad = n * block - p
-    q, k, v = (jnp.pad(a, ((0, pad), (0, 0), (0, 0))) for a in (q, k, v))
-    seg = jnp.pad(seg, (0, pad))
+    q, k, v, seg = (_pad_to_blocks(a, block) for a in (q, k, v, seg))
+    n = q.shape[0] // block
 
     def neighbours(a):
         # Block i's keys: blocks i-1, i, i+1 of `a` (zero / segment-0 blocks beyond the ends).
@@ -290,9 +287,8 @@ def _local_segment_attention(q, k, v, seg, block, impl):
         parts = [a[j * block:(j + n) * block].reshape(n, block, *a.shape[1:]) for j in range(3)]
         return jnp.concatenate(parts, axis=1)
 
-    seg_q, seg_k = seg.reshape(n, block), neighbours(seg)
-    mask = (seg_q[:, :, None] == seg_k[:, None, :]) & (seg_k[:, None, :] != 0)
-    out = dot_product_attention(q.reshape(n, block, h, d), neighbours(k), neighbours(v), mask=mask, impl=impl)
+    out = dot_product_attention(q.reshape(n, block, h, d), neighbours(k), neighbours(v),
+                                q_segment_ids=seg.reshape(n, block), kv_segment_ids=neighbours(seg), impl=impl)
     return out.reshape(n * block, h, d)[:p]
 
 
@@ -321,11 +317,10 @@ def segments_within_blocks(seg: jnp.ndarray, block: int) -> jnp.ndarray:
 
 def _own_block_segment_attention(q, k, v, seg, block, impl):
     p, h, d = q.shape
-    n = p // block
-    sq = seg.reshape(n, block)
-    mask = (sq[:, :, None] == sq[:, None, :]) & (sq[:, None, :] != 0)
-    blocks = lambda a: a.reshape(n, block, *a.shape[1:])
-    return dot_product_attention(blocks(q), blocks(k), blocks(v), mask=mask, impl=impl).reshape(p, h, d)
+    q, k, v, seg = (_pad_to_blocks(a, block) for a in (q, k, v, seg))
+    blocks = lambda a: a.reshape(-1, block, *a.shape[1:])
+    out = dot_product_attention(blocks(q), blocks(k), blocks(v), q_segment_ids=blocks(seg), impl=impl)
+    return out.reshape(-1, h, d)[:p]
 
 
 def _pad_to_blocks(a, block):
@@ -341,14 +336,9 @@ def _path_index(seg, block):
 
 
 def _branches(block, impl):
-    def own(q, k, v, s):
-        p = q.shape[0]
-        q, k, v, s = (_pad_to_blocks(a, block) for a in (q, k, v, s))
-        return _own_block_segment_attention(q, k, v, s, block, impl)[:p]
-
     return (lambda q, k, v, s: _dense_segment_attention(q, k, v, s, impl),
             lambda q, k, v, s: _local_segment_attention(q, k, v, s, block, impl),
-            own)
+            lambda q, k, v, s: _own_block_segment_attention(q, k, v, s, block, impl))
 
 
 # A custom VJP, because differentiating a `lax.switch` makes every branch's residuals outputs of
@@ -361,12 +351,13 @@ def _blocked_segment_attention(q, k, v, seg, block, impl):
 
 
 def _blocked_fwd(q, k, v, seg, block, impl):
-    return _blocked_segment_attention(q, k, v, seg, block, impl), (q, k, v, seg)
+    index = _path_index(seg, block)
+    return jax.lax.switch(index, _branches(block, impl), q, k, v, seg), (q, k, v, seg, index)
 
 
 def _blocked_bwd(block, impl, res, g):
-    q, k, v, seg = res
-    return (*_switch_vjp(_path_index(seg, block), _branches(block, impl), q, k, v, seg, g), None)
+    q, k, v, seg, index = res
+    return (*_switch_vjp(index, _branches(block, impl), q, k, v, seg, g), None)
 
 
 def _switch_vjp(index, branches, q, k, v, seg, g):
