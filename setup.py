@@ -24,10 +24,12 @@ setup(
         "safetensors>=0.5",
         "tokenizers>=0.21",
         "pillow>=10",
+        "av>=14",  # PyAV (bundles FFmpeg): mp4 / webm / mov / avi / mkv videos, decoding only the sampled frames
         "numpy>=1.26",
         "tensorboardX>=2.6",
         "tqdm>=4.60",
         "matplotlib>=3.8",  # curves.png of every run
+        "pyarrow>=14",  # the public benchmarks' parquet files (python -m vlm_jax.eval --benchmark)
     ],
     extras_require={
         # The numerical oracle: Hugging Face transformers on a CPU build of torch.

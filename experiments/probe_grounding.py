@@ -142,7 +142,7 @@ def attention_probs(config, q: np.ndarray, k: np.ndarray, b, row: int, col: int)
     """[heads, S] attention of query (row, col) over its row, from normed q, k [B, S, heads, head_dim]."""
     t = config.text
     cos, sin = rope.mrope_cos_sin(jnp.asarray(b["position_ids"][:, row:row + 1]), t.head_dim, t.rope_theta,
-                                  t.mrope_section, t.mrope_layout)
+                                  t.mrope_section, t.mrope_layout, t.rope_scaling)
     q = np.asarray(rope.apply_rope(jnp.asarray(q[row:row + 1]), cos, sin))[0, col]
     k = np.asarray(rope.apply_rope(jnp.asarray(k[row:row + 1]), cos, sin))[0]
     k = np.repeat(k, t.num_heads // t.num_kv_heads, axis=1)  # GQA: query head h reads kv head h // group

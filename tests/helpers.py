@@ -109,3 +109,17 @@ def max_abs_diff(a, b) -> float:
     """Largest |a - b| over all leaves of two parameter trees of the same structure."""
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
                zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def assert_released_size(c: mlc.ConfigDict, model_config: mlc.ConfigDict, train_config: mlc.ConfigDict,
+                         size: str) -> None:
+    """A post-training config at a released `size` validates and builds that size's train state
+    (abstract shapes only: nothing is allocated), with the published total parameter count (2%)."""
+    from vlm_jax.configs.posttrain import base
+    from vlm_jax.train.state import abstract_state
+
+    base.validate(c)
+    assert c.size == size and c.name.endswith(f"_{size}")
+    state = abstract_state(model_config, train_config)
+    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(state.params)))
+    assert abs(total / 1e9 / model_configs.PUBLISHED_TOTAL_B[size] - 1) <= 0.02, (size, total)

@@ -19,7 +19,9 @@ from vlm_jax.train import optimizer
 
 # What else a value needs to be valid (the resampler changes the visual token count, so no DeepStack).
 NEEDS = {("merger", "resampler"): {"deepstack": False, "vision.deepstack_layers": (), "resampler_num_queries": 4},
-         ("attention_impl", "cudnn"): {"dtype": "bfloat16"}}
+         ("attention_impl", "cudnn"): {"dtype": "bfloat16"},
+         ("text.rope_scaling.rope_type", "yarn"): {"text.rope_scaling.factor": 4.0,
+                                                   "text.rope_scaling.original_max_position_embeddings": 64}}
 
 
 def _config(key, value):

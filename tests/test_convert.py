@@ -117,7 +117,7 @@ def test_shape_mismatch_is_named(exported):
 
 
 @pytest.mark.parametrize("edit,key", [
-    (lambda cfg: cfg["text_config"]["rope_parameters"].update(rope_type="yarn"), "rope_type"),
+    (lambda cfg: cfg["text_config"]["rope_parameters"].update(rope_type="linear", factor=2.0), "rope_type='linear'"),
     (lambda cfg: cfg["text_config"].update(hidden_act="gelu"), "text_config.hidden_act"),
     (lambda cfg: cfg["text_config"].update(attention_bias=True), "attention_bias"),
     (lambda cfg: cfg.update(model_type="llava"), "model_type"),

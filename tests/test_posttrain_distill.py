@@ -15,7 +15,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
-from tests.helpers import max_abs_diff, metrics_rows
+from tests.helpers import assert_released_size, max_abs_diff, metrics_rows
 from vlm_jax.configs import experiment, zoo
 from vlm_jax.configs import model as model_configs
 from vlm_jax.configs.posttrain import base, distill_onpolicy
@@ -23,7 +23,6 @@ from vlm_jax.model.vlm import init_params, param_shapes
 from vlm_jax.params.store import load_params, save_params
 from vlm_jax.posttrain import distill
 from vlm_jax.train.optimizer import param_labels
-from vlm_jax.train.state import abstract_state
 from vlm_jax.train.step import CPU_FAST_COMPILE
 
 CONFIGS = ("distill_offpolicy", "distill_onpolicy")
@@ -199,11 +198,8 @@ def test_config_validates_at_tiny_with_the_zoo_models(name):
 def test_config_validates_at_released_size(name, size):
     """Validated with abstract shapes only: nothing is allocated."""
     c = importlib.import_module(f"vlm_jax.configs.posttrain.{name}").get_config(size)
-    base.validate(c)
-    assert c.size == size and c.name == f"{name}_{size}"
-    state = abstract_state(base.model_config(c), distill.train_config(c))
-    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(state.params)))
-    assert total / 1e9 == pytest.approx(model_configs.PUBLISHED_TOTAL_B[size], rel=0.02)
+    assert c.name == f"{name}_{size}"
+    assert_released_size(c, base.model_config(c), distill.train_config(c), size)
     teacher = distill.teacher_model_config(c)
     t_total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(param_shapes(teacher))))
     assert t_total / 1e9 == pytest.approx(model_configs.PUBLISHED_TOTAL_B[c.distill.teacher_size], rel=0.02)

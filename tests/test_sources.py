@@ -147,6 +147,75 @@ def test_missing_jsonl_file_fails_at_construction(tmp_path):
         sources.QwenJsonlSource(tmp_path / "nope.jsonl")
 
 
+# --- JSON array files (the official .json), packed lists, sampling
+
+
+def _qwen_record(k: int, text: str = "") -> dict:
+    return {"image": f"img/{k}.png", "conversations": [
+        {"from": "human", "value": f"<image>\nQuestion {k}: {text}"}, {"from": "gpt", "value": f"Answer {k}"}]}
+
+
+# Text that a byte scanner could mistake for structure: brackets, commas, quotes and backslashes in strings.
+TRICKY = ['plain', 'a "quoted" [list], {x}', 'back\\slash \\"', 'ends with a backslash \\', '\\\\"[', 'é ✓ 中']
+
+
+def test_json_array_files_read_like_jsonl(tmp_path):
+    records = [_qwen_record(k, TRICKY[k % len(TRICKY)]) for k in range(13)]
+    packed = [records[0], [records[1], records[2]], records[3], [], [records[4]], *records[5:]]  # pack_data style
+    for indent in (None, 4):
+        (tmp_path / "a.json").write_text(json.dumps(packed, indent=indent, ensure_ascii=indent is None))
+        write_jsonl(tmp_path / "a.jsonl", records)
+        arr = sources.QwenJsonlSource(tmp_path / "a.json", data_root="/data")
+        lines = sources.QwenJsonlSource(tmp_path / "a.jsonl", data_root="/data")
+        assert len(arr) == len(lines) == 13
+        for i in range(13):
+            a, b = arr[i], lines[i]
+            assert a["messages"] == b["messages"] and a["images"] == b["images"] == [f"/data/img/{i}.png"]
+            assert a["messages"][0]["content"][1]["text"] == f"Question {i}: {TRICKY[i % len(TRICKY)]}".strip()
+    # line numbers of the records' opening braces name bad records
+    text = ('[\n  {"conversations": []},\n  {"image": "x.png",\n'
+            '   "conversations": [{"from": "wizard", "value": "hi"}]}\n]')
+    (tmp_path / "b.json").write_text(text)
+    src = pickle.loads(pickle.dumps(sources.QwenJsonlSource(tmp_path / "b.json")))
+    with pytest.raises(SampleError, match=r"b\.json:3 \(sample 1\)"):
+        src[1]
+    # a .json file holding JSON lines is read as such; packed JSONL lines count each record
+    write_jsonl(tmp_path / "lines.json", [records[0], [records[1], records[2]], records[3]])
+    src = sources.QwenJsonlSource(tmp_path / "lines.json")
+    assert len(src) == 4 and [src[i]["images"][0].endswith(f"img/{i}.png") for i in range(4)] == [True] * 4
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{\n  "image": "a.png"\n}\n', r"not one complete JSON object"),
+    ('[{"a": 1}, {"b": [1, 2', r"truncated: the file ends before the array is closed \(the last complete record "
+                               r"ends at byte 9\) at byte 22"),
+    ('[\n{"a": "unterminated]\n', r"truncated: the file ends inside a string"),
+    ('[{"a": 1},\n 7]', r"neither a JSON object nor a list of them at byte 10 \(line 1\)"),
+    ('[{"a": 1},\n]', r"an empty element at byte 10"),
+    ('[{"a": 1}]\n[{"b": 2}]', r"data after the end of the array at byte 11 \(line 2\)"),
+    ('', r"no JSON array found"),
+])
+def test_bad_json_array_files_name_the_file_and_position(tmp_path, text, match):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as e:
+        sources.QwenJsonlSource(path)
+    assert str(path) in str(e.value)
+
+
+def test_sampling_rate_keeps_a_fixed_share(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [_qwen_record(k) for k in range(50)])
+    half = sources.QwenJsonlSource(tmp_path / "a.jsonl", sampling_rate=0.5, seed=3)
+    kept = [int(half[i]["images"][0].rsplit("/", 1)[1].split(".")[0]) for i in range(len(half))]
+    assert len(half) == 25 and kept == sorted(kept) and len(set(kept)) == 25  # file order, no repeats
+    again = sources.QwenJsonlSource(tmp_path / "a.jsonl", sampling_rate=0.5, seed=3)
+    assert [again[i]["images"] for i in range(25)] == [half[i]["images"] for i in range(25)]
+    other = sources.QwenJsonlSource(tmp_path / "a.jsonl", sampling_rate=0.5, seed=4)
+    assert [other[i]["images"] for i in range(25)] != [half[i]["images"] for i in range(25)]
+    with pytest.raises(ValueError, match="sampling_rate"):
+        sources.QwenJsonlSource(tmp_path / "a.jsonl", sampling_rate=0)
+
+
 # --- messages JSONL
 
 

@@ -44,6 +44,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 CHOICES = {
     "vision.attention": ("full", "window"),  # model/vision.py
     "text.mrope_layout": ("interleaved", "chunked"),  # model/rope.py
+    "text.rope_scaling.rope_type": ("default", "yarn"),  # model/rope.py text_rope_frequencies
     "text.moe_impl": ("ragged", "dense"),  # model/moe.py
     "merger": ("mlp", "resampler"),  # model/merger.py
     "remat_policy": ("none", "full", "dots", "dots_no_batch", "minimal"),  # model/layers.py REMAT_POLICIES
@@ -97,6 +98,19 @@ def base_config() -> mlc.ConfigDict:
     t.mrope_section = (24, 20, 20)  # frequency pairs given to (t, h, w); sums to head_dim // 2
     t.mrope_layout = "interleaved"  # "interleaved" (Qwen3-VL) | "chunked" (Qwen2/2.5-VL ablation)
     t.max_position_embeddings = 262144
+    # Rope scaling, the keys of transformers' `rope_parameters`. "yarn" (arXiv 2309.00071) stretches the
+    # low frequencies by `factor` past `original_max_position_embeddings` and scales cos/sin by an attention
+    # factor (None: 0.1 * ln(factor) + 1, or the mscale ratio when both mscale keys are set).
+    r = t.rope_scaling = mlc.ConfigDict()
+    r.rope_type = "default"  # "default" (plain RoPE; the other keys keep their defaults) | "yarn"
+    r.factor = 1.0
+    r.original_max_position_embeddings = None  # the training length; required by yarn
+    r.beta_fast = 32.0
+    r.beta_slow = 1.0
+    r.mscale = None
+    r.mscale_all_dim = None
+    r.attention_factor = None
+    r.truncate = True
     t.tie_word_embeddings = False
     # Mixture of experts: num_experts == 0 means dense SwiGLU layers.
     t.num_experts = 0
@@ -189,6 +203,7 @@ def validate(c: mlc.ConfigDict) -> None:
     need(t.head_dim % 2 == 0, "text.head_dim must be even")
     need(sum(t.mrope_section) == t.head_dim // 2,
          f"text.mrope_section={tuple(t.mrope_section)} must sum to head_dim // 2 = {t.head_dim // 2}")
+    _validate_rope_scaling(t.rope_scaling, need)
     if t.num_experts:
         need(0 < t.num_experts_per_tok <= t.num_experts,
              f"text.num_experts_per_tok={t.num_experts_per_tok} must be in [1, num_experts={t.num_experts}]")
@@ -206,6 +221,30 @@ def validate(c: mlc.ConfigDict) -> None:
     need(c.attention_impl != "cudnn" or c.dtype in ("bfloat16", "float16"),
          f"attention_impl='cudnn' needs dtype bfloat16 or float16, got {c.dtype!r} (cuDNN flash attention has no "
          "float32 kernel)")
+
+
+def _validate_rope_scaling(r: mlc.ConfigDict, need) -> None:
+    """rope_type 'default' leaves every other key at its default; 'yarn' gets values transformers can use."""
+    where = "text.rope_scaling"
+    if r.rope_type == "default":
+        defaults = base_config().text.rope_scaling
+        for k in sorted(r.keys()):
+            need(r[k] == defaults[k], f"{where}.{k}={r[k]!r} is only used with {where}.rope_type='yarn'")
+        return
+
+    # factor, betas and truncate are typed fields (ConfigDict rejects a wrong type); the None ones are not.
+    need(r.factor >= 1.0, f"{where}.factor={r.factor} must be >= 1 (the context length multiplier)")
+    orig = r.original_max_position_embeddings
+    need(isinstance(orig, int) and not isinstance(orig, bool) and orig > 0,
+         f"{where}.original_max_position_embeddings={orig!r} must be a positive int (the training length) for yarn")
+    need(r.beta_fast >= r.beta_slow > 0,
+         f"{where}.beta_fast={r.beta_fast} and beta_slow={r.beta_slow} must satisfy beta_fast >= beta_slow > 0")
+    for k, low in (("mscale", 0.0), ("mscale_all_dim", 0.0), ("attention_factor", None)):
+        x = r[k]
+        if x is None:
+            continue
+        need(isinstance(x, (int, float)) and not isinstance(x, bool), f"{where}.{k}={x!r} must be a number or None")
+        need(x > 0 if low is None else x >= low, f"{where}.{k}={x} must be {'> 0' if low is None else '>= 0'}")
 
 
 def vision_head_dim(c: mlc.ConfigDict) -> int:

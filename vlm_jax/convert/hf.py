@@ -46,8 +46,8 @@ def config_from_hf(hf: dict, **overrides) -> mlc.ConfigDict:
     def unsupported(key, value, expected):
         raise ValueError(f"config.json {key}={value!r} is not supported (expected {expected})")
 
-    if rope_type not in ("default", "mrope"):
-        unsupported("text_config.rope_type", rope_type, "'default'")
+    if rope_type not in ("default", "mrope", "yarn"):
+        unsupported("text_config.rope_type", rope_type, "'default' or 'yarn'")
     if tc.get("hidden_act", "silu") != "silu":
         unsupported("text_config.hidden_act", tc.get("hidden_act"), "'silu'")
     if vc.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
@@ -83,6 +83,8 @@ def config_from_hf(hf: dict, **overrides) -> mlc.ConfigDict:
         mrope_layout="interleaved" if rp.get("mrope_interleaved", True) else "chunked",
         max_position_embeddings=tc.get("max_position_embeddings", 262144),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))))
+    if rope_type == "yarn":
+        c.text.rope_scaling.update(_yarn_from_hf(rp, tc))
     if mt == "qwen3_vl_moe":
         c.text.update(num_experts=tc.get("num_experts", tc.get("num_local_experts")),
                       num_experts_per_tok=tc["num_experts_per_tok"],
@@ -98,6 +100,45 @@ def config_from_hf(hf: dict, **overrides) -> mlc.ConfigDict:
     c.update(overrides)
     model_configs.validate(c)
     return c
+
+
+# Keys of a yarn `rope_parameters` that we read (transformers' `_validate_yarn_rope_parameters`), and the
+# MRoPE/theta keys that sit in the same dict.
+_YARN_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+              "attention_factor", "truncate")
+_ROPE_OTHER_KEYS = ("rope_type", "type", "rope_theta", "mrope_section", "mrope_interleaved")
+
+
+def _yarn_from_hf(rp: dict, tc: dict) -> dict:
+    """`text.rope_scaling` from a yarn `rope_parameters` / `rope_scaling`, with transformers' defaults: the
+    training length falls back to `max_position_embeddings` (a top-level `original_max_position_embeddings`
+    wins, as transformers' standardisation does), a missing factor is the ratio of the two lengths."""
+    extra = sorted(set(rp) - set(_YARN_KEYS) - set(_ROPE_OTHER_KEYS) - {"partial_rotary_factor"})
+    if extra:
+        raise ValueError(f"config.json text_config.rope_parameters has keys {extra} that yarn rope scaling here "
+                         f"does not read (known: {', '.join(_YARN_KEYS)})")
+    if rp.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"config.json text_config.rope_parameters.partial_rotary_factor="
+                         f"{rp['partial_rotary_factor']!r} is not supported (expected 1.0)")
+    max_len = tc.get("max_position_embeddings", 262144)
+    orig = tc.get("original_max_position_embeddings") or rp.get("original_max_position_embeddings") or max_len
+    factor = rp.get("factor")
+    out = {k: rp[k] for k in _YARN_KEYS if rp.get(k) is not None}
+    # transformers reads `beta_fast or 32`: a 0 there means the default
+    out.update(rope_type="yarn", original_max_position_embeddings=int(orig),
+               factor=float(max_len / orig if factor is None else factor),
+               beta_fast=float(rp.get("beta_fast") or 32.0), beta_slow=float(rp.get("beta_slow") or 1.0))
+    for k in ("mscale", "mscale_all_dim", "attention_factor"):
+        if k in out:
+            out[k] = float(out[k])
+    return out
+
+
+def _rope_parameters_to_hf(r: mlc.ConfigDict) -> dict:
+    """The rope-scaling keys of an exported `rope_parameters` (none for plain RoPE)."""
+    if r.rope_type == "default":
+        return dict(rope_type="default")
+    return dict(rope_type=r.rope_type, **{k: r[k] for k in _YARN_KEYS if r[k] is not None})
 
 
 def hf_config_from(c: mlc.ConfigDict) -> dict:
@@ -117,8 +158,8 @@ def hf_config_from(c: mlc.ConfigDict) -> dict:
         num_key_value_heads=t.num_kv_heads, head_dim=t.head_dim, hidden_act="silu", rms_norm_eps=t.rms_norm_eps,
         max_position_embeddings=t.max_position_embeddings, attention_bias=False,
         tie_word_embeddings=t.tie_word_embeddings,
-        rope_parameters=dict(rope_type="default", rope_theta=t.rope_theta, mrope_section=list(t.mrope_section),
-                             mrope_interleaved=t.mrope_layout == "interleaved"))
+        rope_parameters=dict(**_rope_parameters_to_hf(t.rope_scaling), rope_theta=t.rope_theta,
+                             mrope_section=list(t.mrope_section), mrope_interleaved=t.mrope_layout == "interleaved"))
     if moe:
         text.update(num_experts=t.num_experts, num_experts_per_tok=t.num_experts_per_tok,
                     moe_intermediate_size=t.moe_intermediate_size, norm_topk_prob=t.norm_topk_prob,

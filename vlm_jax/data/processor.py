@@ -488,17 +488,22 @@ def process_video(frames: np.ndarray, video_fps: float, cfg: ProcessorConfig = D
                   token_budget: int | None = None, sample: bool = True) -> dict:
     """A decoded video -> dict(pixel_values, grid_thw [1, 3], timestamps, frame_indices).
 
-    `frames`: uint8 `[T, H, W, 3]` (grey/RGBA accepted), every frame of the clip at `video_fps`.
+    `frames`: uint8 `[T, H, W, 3]` (grey/RGBA accepted), every frame of the clip at `video_fps`, or a lazy
+    video of that shape (`sources.VideoFile`), of which only the used frames are decoded.
     With `sample=True` frames are picked by `sample_frame_indices` (`cfg.video_fps` per second);
     with `sample=False` all given frames are used. `token_budget` bounds the visual tokens: see
     `plan_video` for how frames and resolution shrink to fit. `timestamps` (seconds, one per temporal
     group) render as `<t.t seconds>` before each group; `frame_indices` are the frames used, padded
     to a multiple of temporal_patch_size by repeating the last one.
     """
-    arr = _as_rgb_array(frames, "video")
+    # A lazy video (`sources.VideoFile`: a shape, and indexing that decodes) is planned on its shape and
+    # only the planned frames are read; an array is checked first.
+    lazy = not isinstance(frames, np.ndarray) and hasattr(frames, "shape") and hasattr(frames, "__getitem__")
+    arr = frames if lazy else _as_rgb_array(frames, "video")
     idx, h, w = plan_video(arr.shape[0], arr.shape[1], arr.shape[2], video_fps, cfg, token_budget, sample)
+    picked = _as_rgb_array(np.asarray(arr[idx]), "video") if lazy else arr[idx]
     # Resize the distinct frames, then pad by repeating the last resized frame (HF's order).
-    resized = resize_uint8(arr[idx], h, w, cfg.video_resample)
+    resized = resize_uint8(picked, h, w, cfg.video_resample)
     padded_idx = _pad_to_multiple(idx, cfg.temporal_patch_size)
     if len(padded_idx) > len(idx):
         resized = np.concatenate([resized, np.repeat(resized[-1:], len(padded_idx) - len(idx), axis=0)])

@@ -1,8 +1,18 @@
-"""python -m vlm_jax.eval: score a checkpoint on held-out synthetic tasks or a JSONL file with answers.
+"""python -m vlm_jax.eval: score a checkpoint on held-out synthetic tasks, a JSONL file with answers, or a
+public benchmark in its own file layout.
 
   python -m vlm_jax.eval --checkpoint=runs/synthetic_tiny --tasks=grounding,counting [--split=eval] [--num=0]
       [--jsonl=FILE] [--batch_size=8] [--max_new_tokens=64] [--preset=greedy] [--thinking] [--vision_off]
       [--out=DIR] [--processor='{"min_pixels": 4096, "max_pixels": 4096}'] [--world='{...}']
+  python -m vlm_jax.eval --benchmark=docvqa --data=DIR --ckpt=CKPT [--num=0] [--batch_size=8]
+      [--max_new_tokens=N] [--out=DIR] [--video_fps=2]
+
+Benchmark mode (`vlm_jax.eval.benchmarks` lists the names and the layouts read): --data is the folder the
+dataset unpacks to (or one of its files); --ckpt (= --checkpoint) is our params dir or a Hugging Face
+Qwen3-VL checkpoint dir (config.json + safetensors). Prints a progress bar and a summary table; writes
+predictions.json and summary.json to --out (default eval_results/<benchmark>). --max_new_tokens defaults
+to the benchmark's; --num caps the questions; --video_fps is the rate of videos given as frame folders
+or .npy arrays.
 
 --checkpoint: a params dir (`model_config.json` + `params/`, optionally `tokenizer.json` and
 `processor_config.json`) or a training workdir holding one in `final/`. Images are processed with
@@ -50,6 +60,13 @@ flags.DEFINE_string("processor", None, 'processor settings as JSON, e.g. \'{"min
                     "(default: the checkpoint's processor_config.json)", flag_values=FLAGS)
 flags.DEFINE_string("world", None, "synthetic world overrides as JSON, e.g. '{\"image_size\": [96, 96]}'",
                     flag_values=FLAGS)
+flags.DEFINE_alias("ckpt", "checkpoint", flag_values=FLAGS)
+flags.DEFINE_string("benchmark", None, "a public benchmark (vlm_jax.eval.benchmarks), read from --data",
+                    flag_values=FLAGS)
+flags.DEFINE_string("data", None, "--benchmark: the folder its dataset unpacks to, or one of its files",
+                    flag_values=FLAGS)
+flags.DEFINE_float("video_fps", 2.0, "--benchmark: frame rate of videos given as frame folders or .npy arrays",
+                   flag_values=FLAGS)
 flags.mark_flag_as_required("checkpoint", flag_values=FLAGS)
 
 
@@ -60,6 +77,8 @@ def run(args: flags.FlagValues) -> int:
     from vlm_jax.inference.loading import load_model, processor_config_for
     from vlm_jax.inference.sampling import get_preset
 
+    if args.benchmark is not None or args.data is not None:
+        return run_benchmark(args)
     # Cheap checks first, so a typo fails before the checkpoint is read.
     families = tasks_lib.check_task_names(args.tasks.split(",")) if args.tasks else None
     get_preset(args.preset)
@@ -100,6 +119,43 @@ def run(args: flags.FlagValues) -> int:
         (out / "results.json").write_text(json.dumps(result, indent=1))
         pngs = visualize.write_visualizations(report, items, out, n=args.num_visualizations)
         print(f"wrote {out / 'results.json'} and {len(pngs)} PNGs", file=sys.stderr)
+    return 0
+
+
+def run_benchmark(args: flags.FlagValues) -> int:
+    """--benchmark mode (see the module docstring); returns the exit status."""
+    from vlm_jax.eval import benchmarks
+    from vlm_jax.eval.benchmarks import run as bench_run
+    from vlm_jax.inference.loading import load_model, processor_config_for
+    from vlm_jax.inference.sampling import get_preset
+
+    if args.benchmark is None or args.data is None:
+        raise ValueError("benchmark mode needs both --benchmark and --data")
+    stray = [f"--{f}" for f in ("tasks", "jsonl", "split", "vision_off", "world", "n_train", "num_visualizations")
+             if args[f].present]
+    if stray:
+        raise ValueError(f"--benchmark does not take {', '.join(stray)}")
+    bench = benchmarks.get(args.benchmark)
+    get_preset(args.preset)
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.video_fps > 0:
+        raise ValueError(f"--video_fps must be positive, got {args.video_fps}")
+    items = bench_run.load_items(bench, args.data, num=args.num,
+                                 options=benchmarks.ReadOptions(video_fps=args.video_fps))
+    override = None if args.processor is None else cli.parse_json_object(args.processor, "processor settings")
+    processor = processor_config_for(args.checkpoint, override)
+    model_config, params, tokenizer = load_model(args.checkpoint)
+    report = bench_run.evaluate(bench, items, model_config, params, tokenizer, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens if args["max_new_tokens"].present else None,
+                                preset=args.preset, thinking=args.thinking or args.preset == "thinking",
+                                processor=processor, seed=args.seed)
+    report.settings.update(checkpoint=str(args.checkpoint), data=str(args.data), num=args.num,
+                           processor=processor.to_dict() if processor else None)
+    print(report.table())
+    pred, summary = report.write(args.out or Path("eval_results") / bench.name)
+    print(f"wrote {pred} and {summary}", file=sys.stderr)
     return 0
 
 

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections as mlc
@@ -223,12 +223,13 @@ def decode_reply(tokenizer: Tokenizer, tokens: Sequence[int], stop_tokens: Seque
 def predict(model_config: mlc.ConfigDict, params: Any, tokenizer: Tokenizer | tokenizers.Tokenizer,
             items: Sequence[EvalItem], *, batch_size: int = 8, max_new_tokens: int = 64, preset: str | None = "greedy",
             thinking: bool = False, processor: proc.ProcessorConfig | Mapping | None = None, progress: bool = False,
-            seed: int = 0) -> list[str]:
+            seed: int = 0, on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Decoded replies of the model for `items`, in item order.
 
     Prompts are sorted by (length, patches) so a batch shares one prompt bucket; every batch has the
     same number of rows (the last is padded with copies of its last prompt), so generation compiles once
-    per bucket rather than once more for the tail."""
+    per bucket rather than once more for the tail. on_batch(n): called after each batch with its number
+    of items (a progress bar's update)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tok = as_tokenizer(tokenizer)
@@ -256,6 +257,8 @@ def predict(model_config: mlc.ConfigDict, params: Any, tokenizer: Tokenizer | to
                                     rng=seed + b)
         for i, seq in zip(idx, out.sequences()):
             replies[i] = decode_reply(tok, seq, stop)
+        if on_batch is not None:
+            on_batch(len(idx))
         if progress:
             print(f"eval: batch {b + 1}/{n_batches}, {min((b + 1) * width, len(order))}/{len(order)} items, "
                   f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)

@@ -13,6 +13,9 @@ Replies are model text: anything may come back (garbage, truncated JSON, NaN, 50
 deeply nested brackets), so every parse failure becomes "not found". Coordinates are Qwen3-VL's
 relative [0, 1000] units.
 
+The public benchmarks' own metric definitions (ANLS, relaxed accuracy, ...) are in `benchmark_metrics`,
+built on this module's `Score` and `edit_distance`.
+
 `score_answer` picks the rule from the ground truth's keys, first match wins: `count` (last integer or
 number word), `time` (first number within the answer's `tolerance`), `value` (last integer),
 `point_2d` (inside `bbox_2d` when given, else within `radius`), `bbox_2d` (IoU >= 0.5), `text`

@@ -186,7 +186,8 @@ def _unrolled_decoder(cfg, params, layer_params, tokens, positions, cache, cache
     Returns the final-normed hidden states and the updated cache."""
     t, dt = cfg.text, layers.dtype_of(cfg.dtype)
     x = jnp.take(params["embed"], tokens, axis=0).astype(dt)
-    cos, sin = rope.mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section, t.mrope_layout)
+    cos, sin = rope.mrope_cos_sin(positions, t.head_dim, t.rope_theta, t.mrope_section, t.mrope_layout,
+                                  t.rope_scaling)
     cos, sin = cos.astype(dt), sin.astype(dt)
     seg = jnp.ones(tokens.shape, jnp.int32)
     cache_seg = jax.lax.dynamic_update_slice(cache["segment_ids"], seg, (0, cache_index))

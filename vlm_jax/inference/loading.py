@@ -3,7 +3,9 @@
 A params dir is what `vlm_jax.params.store.save_params` writes (`model_config.json` + `params/`),
 optionally with `tokenizer.json` (without one: the synthetic world's tokenizer) and
 `processor_config.json` (the `ProcessorConfig` fields the model was trained with). A training
-workdir holds one at `<workdir>/final`.
+workdir holds one at `<workdir>/final`. A Hugging Face Qwen3-VL checkpoint dir (`config.json` +
+safetensors, as released or as `python -m vlm_jax.convert jax-to-hf` writes it) loads too, converted
+on the fly (`vlm_jax.convert.hf`), with the `tokenizer.json` it ships.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from vlm_jax.data import processor as proc
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.data.tokenizer import load_tokenizer as load_tokenizer_file
 from vlm_jax.inference.prompt import as_processor_config
-from vlm_jax.params.store import load_params, resolve_params_dir
+from vlm_jax.params.store import MODEL_CONFIG_FILE, load_params, resolve_params_dir
 
 TOKENIZER_FILE = "tokenizer.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"
@@ -49,18 +51,32 @@ def check_compatible(config: mlc.ConfigDict, tokenizer: Tokenizer) -> None:
                          f"has {config.text.vocab_size}")
 
 
+def is_hf_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a Hugging Face checkpoint dir: config.json and safetensors, no model_config.json."""
+    path = Path(path)
+    return ((path / "config.json").is_file() and not (path / MODEL_CONFIG_FILE).is_file()
+            and any(path.glob("*.safetensors")))
+
+
 def load_model(path: str | os.PathLike) -> tuple[mlc.ConfigDict, dict, Tokenizer]:
-    """(model config, params, tokenizer) of a params dir or a training workdir (see the module docstring)."""
-    params_dir = resolve_params_dir(path)
+    """(model config, params, tokenizer) of a params dir, a training workdir or a Hugging Face checkpoint
+    dir (see the module docstring)."""
+    hf_dir = is_hf_checkpoint(path)
+    params_dir = Path(path) if hf_dir else resolve_params_dir(path)
     tokenizer = load_tokenizer_for(params_dir)
-    config, params = load_params(params_dir)
+    if hf_dir:
+        from vlm_jax.convert import hf
+
+        config, params = hf.load_hf_checkpoint(params_dir)
+    else:
+        config, params = load_params(params_dir)
     check_compatible(config, tokenizer)
     return config, params, tokenizer
 
 
 def load_processor_config(path: str | os.PathLike) -> proc.ProcessorConfig | None:
     """The `processor_config.json` of a params dir (or workdir), or None when it has none."""
-    f = resolve_params_dir(path) / PROCESSOR_CONFIG_FILE
+    f = (Path(path) if is_hf_checkpoint(path) else resolve_params_dir(path)) / PROCESSOR_CONFIG_FILE
     if not f.is_file():
         return None
     try:

@@ -113,7 +113,8 @@ class Decoder(nn.Module):
     def __call__(self, x, position_ids, segment_ids=None, deepstack=None, visual_index=None, visual_mask=None,
                  cache=None, cache_index=None):
         c, t = self.config, self.config.text
-        cos, sin = rope.mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section, t.mrope_layout)
+        cos, sin = rope.mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section, t.mrope_layout,
+                                      t.rope_scaling)
         dt = layers.dtype_of(c.dtype)
         cos, sin = cos.astype(dt), sin.astype(dt)
         kv_cache, cache_seg = None, None

@@ -1,5 +1,7 @@
 """Rotary position embeddings: 1D, 2D (vision), and MRoPE with interleaved or chunked layout.
 
+Text rope scaling: YaRN (`yarn_frequencies`), selected by `text.rope_scaling`.
+
 Also `get_rope_index`, the pure numpy function that assigns each token its 3-component
 (t, h, w) position, following Qwen3-VL: text advances one step per token; a vision block
 (an image, or one temporal group of a video) gets t = start, h = start + row, w = start + col
@@ -10,6 +12,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +26,59 @@ def inverse_frequencies(dim: int, theta: float) -> np.ndarray:
     """`dim // 2` inverse frequencies theta^(-2i/dim), float32 as the reference computes them."""
     exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
     return (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+
+
+def yarn_frequencies(dim: int, theta: float, factor: float, original_max_position_embeddings: int, *,
+                     beta_fast: float = 32.0, beta_slow: float = 1.0, mscale: float | None = None,
+                     mscale_all_dim: float | None = None, attention_factor: float | None = None,
+                     truncate: bool = True) -> tuple[np.ndarray, float]:
+    """YaRN (arXiv 2309.00071): (`dim // 2` inverse frequencies, float32; attention factor for cos/sin).
+
+    Frequencies that turn more than `beta_fast` times over the original length keep their value, those
+    that turn fewer than `beta_slow` times are divided by `factor` (interpolated), with a linear ramp
+    between. Mirrors transformers' `_compute_yarn_parameters` op for op, in float32, so the tables agree.
+    """
+    def get_mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if attention_factor is None:
+        # transformers tests truthiness: an mscale of 0 falls back to the plain factor formula
+        both = bool(mscale) and bool(mscale_all_dim)
+        attention_factor = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim) if both \
+            else get_mscale(factor)
+
+    def correction_dim(rotations: float) -> float:  # the frequency index that turns `rotations` times
+        return dim * math.log(original_max_position_embeddings / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: no division by zero
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
+    keep = (1 - ramp).astype(np.float32)  # 1: extrapolate (keep the frequency), 0: interpolate
+    # The power in float64, rounded once: torch's float32 pow is that accurate, numpy's is not (1 ulp off in
+    # ~10% of entries, which large positions turn into visible cos/sin differences).
+    exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    pos_freqs = (np.float64(np.float32(theta)) ** exponents.astype(np.float64)).astype(np.float32)
+    inv_extrapolation = np.float32(1.0) / pos_freqs
+    inv_interpolation = np.float32(1.0) / (np.float32(factor) * pos_freqs)
+    inv = inv_interpolation * (1 - keep) + inv_extrapolation * keep
+    return inv.astype(np.float32), float(attention_factor)
+
+
+def text_rope_frequencies(dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> tuple[np.ndarray, float]:
+    """(inverse frequencies, attention factor) of the text rope; `scaling` is `text.rope_scaling`."""
+    kind = "default" if scaling is None else scaling["rope_type"]
+    if kind == "default":
+        return inverse_frequencies(dim, theta), 1.0
+    if kind != "yarn":
+        raise ValueError(f"unknown text.rope_scaling.rope_type {kind!r} (expected 'default' or 'yarn')")
+    return yarn_frequencies(
+        dim, theta, scaling["factor"], scaling["original_max_position_embeddings"],
+        **{k: scaling[k] for k in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                                   "truncate")})
 
 
 @functools.lru_cache(maxsize=32)
@@ -45,15 +103,24 @@ def mrope_axis_of_frequency(head_dim: int, section: tuple[int, int, int], layout
     return axis
 
 
-def mrope_cos_sin(position_ids: jnp.ndarray, head_dim: int, theta: float, section, layout: str):
-    """cos/sin tables [B, S, head_dim] (float32) for 3-component positions [3, B, S]."""
-    inv = jnp.asarray(inverse_frequencies(head_dim, theta))
+def mrope_cos_sin(position_ids: jnp.ndarray, head_dim: int, theta: float, section, layout: str,
+                  scaling: Mapping[str, Any] | None = None):
+    """cos/sin tables [B, S, head_dim] (float32) for 3-component positions [3, B, S].
+
+    `scaling` (`text.rope_scaling`) changes the frequencies every axis shares and scales both tables
+    by its attention factor (so q.k by its square), as transformers does.
+    """
+    inv, attention_factor = text_rope_frequencies(head_dim, theta, scaling)
+    inv = jnp.asarray(inv)
     freqs = position_ids.astype(jnp.float32)[..., None] * inv  # [3, B, S, F]
     axis = mrope_axis_of_frequency(head_dim, tuple(int(s) for s in section), layout)
     onehot = jnp.asarray(np.eye(3, dtype=np.float32)[:, axis])  # [3, F]: select, exactly
     freqs = jnp.einsum("absf,af->bsf", freqs, onehot, precision="highest")
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return cos, sin
 
 
 def vision_cos_sin(rows: jnp.ndarray, cols: jnp.ndarray, head_dim: int, theta: float):

@@ -69,13 +69,12 @@ from vlm_jax.inference.sampling import SamplingConfig
 from vlm_jax.model.vlm import Qwen3VL, param_shapes
 from vlm_jax.parallel import make_mesh
 from vlm_jax.parallel import rules as rules_lib
-from vlm_jax.posttrain import distill_losses
+from vlm_jax.posttrain import distill_losses, driver
 from vlm_jax.posttrain.objectives import DistillObjective
-from vlm_jax.posttrain.rl import close_run, draw_prompts, final_checkpoint, pad_rows, select_rows
+from vlm_jax.posttrain.rl import draw_prompts, pad_rows, select_rows
 from vlm_jax.posttrain.rollout import RolloutBatch, rollout, to_train_batch
 from vlm_jax.train import checkpoint as checkpoint_lib
 from vlm_jax.train import data as data_lib
-from vlm_jax.train import metrics as metrics_lib
 from vlm_jax.train.loop import export_final, load_init_params
 from vlm_jax.train.state import (
     init_train_state,
@@ -569,11 +568,11 @@ def run(config: mlc.ConfigDict, workdir: str, *, devices: Sequence[jax.Device] |
     start_it, cursor = 0, 0
     resumed = ckpt.latest_step() is not None
     if resumed:
-        state, data_state, start_it = ckpt.restore(unboxed_abstract_state(s.mc, s.tc, s.mesh))
-        data_state = data_state or {}
-        cursor = int(data_state.get("prompt_cursor", 0))
-        if pipeline is not None and data_state.get("pipeline") is not None:
-            pipeline.set_state(data_state["pipeline"])
+        state, restored, start_it = ckpt.restore(unboxed_abstract_state(s.mc, s.tc, s.mesh))
+        restored = restored or {}
+        cursor = int(restored.get("prompt_cursor", 0))
+        if pipeline is not None and restored.get("pipeline") is not None:
+            pipeline.set_state(restored["pipeline"])
         print(f"resumed from {ckpt.directory}/{start_it}", flush=True)
     else:
         state = _start_state(s)
@@ -582,38 +581,25 @@ def run(config: mlc.ConfigDict, workdir: str, *, devices: Sequence[jax.Device] |
         return {"iteration": it, "prompt_cursor": cursor,
                 "pipeline": None if pipeline is None else pipeline.get_state()}
 
-    writer = metrics_lib.MetricWriter(workdir, tensorboard=config.log.tensorboard)
-    guard = checkpoint_lib.PreemptionGuard() if kc.save_on_sigterm else None
+    def step(state: Any, it: int) -> tuple[Any, dict[str, float]]:
+        nonlocal cursor
+        state, row, cursor = train_iteration(s, state, teacher, it, cursor, pipeline)
+        return state, row
+
+    def log_line(it: int, row: dict[str, float]) -> str:
+        return (f"iteration {it}/{config.iterations} ({phase_of(config, it - 1)})  loss {row['distill/loss']:.4f}  "
+                f"tokens {row['distill/tokens']:.0f}  update {row['time/update_seconds']:.1f}s")
+
     e = config.eval
     families = eval_families(config)
     items = tasks_lib.load_items(families, split=e.split, num_per_task=e.num_per_task,
                                  world_config=world_config(config)) if families else None
-    history: list[dict[str, float]] = []
-    last_eval: dict[str, float] = {}
-    stopped_early = False
-    it = start_it
-    try:
-        while it < config.iterations:
-            t0 = time.perf_counter()
-            state, row, cursor = train_iteration(s, state, teacher, it, cursor, pipeline)
-            it += 1
-            if items and ((e.every and it % e.every == 0) or it == config.iterations):
-                last_eval = heldout_eval(s, state.params, items, workdir)
-                row.update(last_eval)
-            row["time/iteration_seconds"] = time.perf_counter() - t0
-            writer.write(it, row)
-            history.append(row)
-            print(f"iteration {it}/{config.iterations} ({phase_of(config, it - 1)})  loss {row['distill/loss']:.4f}  "
-                  f"tokens {row['distill/tokens']:.0f}  update {row['time/update_seconds']:.1f}s", flush=True)
-            ckpt.save(it, state, data_state(it))
-            if guard is not None and guard.should_stop(it):
-                stopped_early = True
-                break
-    finally:
-        writer.close()
-        if guard is not None:
-            guard.close()
-    final_checkpoint(ckpt, it, state, data_state(it))
+    res = driver.run_iterations(
+        workdir=workdir, ckpt=ckpt, state=state, start=start_it, iterations=config.iterations, step=step,
+        data_state=data_state, log_line=log_line,
+        evaluate=(lambda params: heldout_eval(s, params, items, workdir)) if items else None, eval_every=e.every,
+        tensorboard=config.log.tensorboard, save_on_sigterm=kc.save_on_sigterm)
+    state, it, history, stopped_early = res.state, res.iterations, res.history, res.stopped_early
     summary: dict[str, Any] = {
         "workdir": workdir, "method": "distill", "model": s.mc.name, "teacher": ds.teacher_from,
         "teacher_model": teacher.config.name, "offpolicy": f"{ds.offpolicy} ({ds.offpolicy_loss})",
@@ -626,5 +612,5 @@ def run(config: mlc.ConfigDict, workdir: str, *, devices: Sequence[jax.Device] |
     if history:
         summary["first_loss"] = round(history[0]["distill/loss"], 4)
         summary["final_loss"] = round(history[-1]["distill/loss"], 4)
-    return close_run(workdir, summary, stopped_early, lambda: export_final(
-        workdir, state.params, s.model_config, s.tokenizer, s.processor), last_eval)
+    return driver.close_run(workdir, summary, stopped_early, lambda: export_final(
+        workdir, state.params, s.model_config, s.tokenizer, s.processor), res.last_eval)

@@ -59,13 +59,13 @@ from vlm_jax.inference.sampling import SamplingConfig
 from vlm_jax.parallel import make_mesh
 from vlm_jax.parallel import rules as rules_lib
 from vlm_jax.posttrain import advantages as adv_lib
+from vlm_jax.posttrain import driver
 from vlm_jax.posttrain import rewards as rewards_lib
 from vlm_jax.posttrain.objectives import PolicyObjective
 from vlm_jax.posttrain.rollout import RolloutBatch, rollout, to_train_batch, token_logprobs
 from vlm_jax.train import checkpoint as checkpoint_lib
 from vlm_jax.train import data as data_lib
-from vlm_jax.train import metrics as metrics_lib
-from vlm_jax.train.loop import export_final, load_init_params, write_summary
+from vlm_jax.train.loop import export_final, load_init_params
 from vlm_jax.train.state import (
     init_train_state,
     state_shardings,
@@ -403,29 +403,6 @@ def iteration_metrics(ro: Rollouts, steps: Sequence[Mapping[str, float]]) -> dic
     return row
 
 
-def final_checkpoint(ckpt: Any, iteration: int, state: Any, data_state: Any) -> None:
-    """Saves the last iteration unless it is saved already, then waits for the writes."""
-    if ckpt.latest_step() != iteration:
-        ckpt.save(iteration, state, data_state, force=True)
-    ckpt.close()
-
-
-def close_run(workdir: str, summary: dict[str, Any], stopped_early: bool, export: Callable[[], str],
-              last_eval: Mapping[str, float] | None) -> dict[str, Any]:
-    """Ends a post-training run: after a stop signal only the summary (the checkpoint resumes it);
-    otherwise the exported params' path and the last held-out eval join the summary. Writes summary.json."""
-    if stopped_early:
-        write_summary(workdir, summary)
-        print(f"stopped by signal at iteration {summary['iterations']}; checkpoint saved. Run again to resume.",
-              flush=True)
-        return summary
-    summary["final_params"] = export()
-    if last_eval:
-        summary["eval"] = last_eval
-    write_summary(workdir, summary)
-    return summary
-
-
 def run(config: mlc.ConfigDict, workdir: str, *, reward_fn: RewardFn | None = None,
         devices: Sequence[jax.Device] | None = None,
         compiler_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -468,44 +445,33 @@ def run(config: mlc.ConfigDict, workdir: str, *, reward_fn: RewardFn | None = No
         if config.init_from:
             print(f"initialised params from {config.init_from}", flush=True)
 
-    writer = metrics_lib.MetricWriter(workdir, tensorboard=config.log.tensorboard)
-    guard = checkpoint_lib.PreemptionGuard() if kc.save_on_sigterm else None
     e = config.eval
     eval_items = None
     if e.tasks:
         eval_items = tasks_lib.load_items(list(e.tasks), split=e.split, num_per_task=e.num_per_task,
                                           world_config=config_lib.world_config(config))
-    history: list[dict[str, float]] = []
-    last_eval: dict[str, float] = {}
-    stopped_early = False
-    it = start_it
-    try:
-        while it < config.iterations:
-            t0 = time.perf_counter()
-            ro, cursor = collect(s, state.params, it, cursor)
-            state, steps, times = update(s, state, ref_params, ro, it)
-            it += 1
-            row = {**iteration_metrics(ro, steps), **times}
-            if eval_items and ((e.every and it % e.every == 0) or it == config.iterations):
-                last_eval = heldout_eval(config, model_config, state.params, s.tokenizer, eval_items, s.reward_fn,
-                                         workdir)
-                row.update(last_eval)
-            row["time/iteration_seconds"] = time.perf_counter() - t0
-            writer.write(it, row)
-            history.append(row)
-            print(f"iteration {it}/{config.iterations}  reward {row['reward/mean']:.3f}  "
-                  f"pass {row['pass_rate/mean']:.2f}  kept {len(ro.kept)} in {ro.rounds} round(s)  "
-                  f"kl {row.get('policy/kl_to_start', float('nan')):.4f}  rollout {ro.seconds:.1f}s  "
-                  f"update {times['time/update_seconds']:.1f}s", flush=True)
-            ckpt.save(it, state, {"iteration": it, "prompt_cursor": cursor})
-            if guard is not None and guard.should_stop(it):
-                stopped_early = True
-                break
-    finally:
-        writer.close()
-        if guard is not None:
-            guard.close()
-    final_checkpoint(ckpt, it, state, {"iteration": it, "prompt_cursor": cursor})
+
+    def step(state: Any, it: int) -> tuple[Any, dict[str, float]]:
+        nonlocal cursor
+        ro, cursor = collect(s, state.params, it, cursor)
+        state, steps, times = update(s, state, ref_params, ro, it)
+        return state, {**iteration_metrics(ro, steps), **times}
+
+    def log_line(it: int, row: dict[str, float]) -> str:
+        return (f"iteration {it}/{config.iterations}  reward {row['reward/mean']:.3f}  "
+                f"pass {row['pass_rate/mean']:.2f}  kept {row['groups/kept']} in {row['rollout/rounds']} round(s)  "
+                f"kl {row.get('policy/kl_to_start', float('nan')):.4f}  rollout {row['time/rollout_seconds']:.1f}s  "
+                f"update {row['time/update_seconds']:.1f}s")
+
+    evaluate = None
+    if eval_items:
+        evaluate = lambda params: heldout_eval(config, model_config, params, s.tokenizer, eval_items, s.reward_fn,
+                                               workdir)
+    res = driver.run_iterations(
+        workdir=workdir, ckpt=ckpt, state=state, start=start_it, iterations=config.iterations, step=step,
+        data_state=lambda it: {"iteration": it, "prompt_cursor": cursor}, log_line=log_line, evaluate=evaluate,
+        eval_every=e.every, tensorboard=config.log.tensorboard, save_on_sigterm=kc.save_on_sigterm)
+    state, it, history, stopped_early = res.state, res.iterations, res.history, res.stopped_early
     summary: dict[str, Any] = {
         "workdir": workdir, "method": "rl", "loss": config.loss.name, "model": mc.name, "iterations": it,
         "resumed_from": start_it if resumed else None, "stopped_by_signal": stopped_early,
@@ -515,5 +481,5 @@ def run(config: mlc.ConfigDict, workdir: str, *, reward_fn: RewardFn | None = No
     if history:
         summary["first_reward"] = round(history[0]["reward/mean"], 4)
         summary["final_reward"] = round(history[-1]["reward/mean"], 4)
-    return close_run(workdir, summary, stopped_early, lambda: export_final(
-        workdir, state.params, model_config, s.tokenizer, s.processor), last_eval)
+    return driver.close_run(workdir, summary, stopped_early, lambda: export_final(
+        workdir, state.params, model_config, s.tokenizer, s.processor), res.last_eval)

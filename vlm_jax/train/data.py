@@ -8,7 +8,9 @@
     data.warmup = {steps, world}           # curriculum: `world` overrides for the first `steps` steps
 
 Source kinds: "synthetic" (`world`: `SyntheticWorld` config overrides, `split`, `length`),
-"qwen_jsonl" / "messages_jsonl" (`path`: a file, glob or list; `data_root`), "array_record" (`path`).
+"qwen_jsonl" / "messages_jsonl" (`path`: `.json` arrays or `.jsonl` files, a glob or list; `data_root`,
+the official `data_path`; `sampling_rate` in (0, 1], or the official `name%N` suffix on the source name,
+keeps that share of the records), "array_record" (`path`).
 One source is used as is; several are mixed by their `weight`s (`MixtureSource`), and each
 sample's task id then comes from its source name (then the synthetic tasks inside).
 """
@@ -33,8 +35,9 @@ SOURCE_KINDS = ("synthetic", "qwen_jsonl", "messages_jsonl", "array_record")
 # Every key of a `data.sources` entry, by kind, with its default (`world`: `SyntheticWorld` overrides).
 _SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic": {"kind": "synthetic", "weight": 1.0, "world": {}, "split": "train", "length": None},
-    "qwen_jsonl": {"kind": "qwen_jsonl", "weight": 1.0, "path": None, "data_root": None},
-    "messages_jsonl": {"kind": "messages_jsonl", "weight": 1.0, "path": None, "data_root": None},
+    "qwen_jsonl": {"kind": "qwen_jsonl", "weight": 1.0, "path": None, "data_root": None, "sampling_rate": 1.0},
+    "messages_jsonl": {"kind": "messages_jsonl", "weight": 1.0, "path": None, "data_root": None,
+                       "sampling_rate": 1.0},
     "array_record": {"kind": "array_record", "weight": 1.0, "path": None},
 }
 
@@ -50,17 +53,23 @@ def make_tokenizer(data_config: mlc.ConfigDict) -> Tokenizer:
 
 
 def make_source(name: str, spec: Mapping[str, Any]) -> Any:
-    """One random-access source from its config entry; unknown kinds / keys fail naming them."""
+    """One random-access source from its config entry; unknown kinds / keys fail naming them. A JSON source
+    named `name%N` keeps N percent of its records (the official dataset naming)."""
     spec = source_config(name, spec)
     kind = spec["kind"]
+    full_name, (name, rate) = name, sources_lib.parse_dataset_name(name)
+    if rate != 1.0 and kind not in ("qwen_jsonl", "messages_jsonl"):
+        raise ValueError(f"data.sources.{full_name}: a sampling percentage needs a JSON source, not kind {kind!r}")
     if kind == "synthetic":
         return SyntheticSource(SyntheticWorld(spec["world"] or None), spec["split"], length=spec["length"])
     if not spec["path"]:
         raise ValueError(f"data.sources.{name}.path is required for kind {kind!r}")
-    if kind == "qwen_jsonl":
-        return sources_lib.QwenJsonlSource(spec["path"], data_root=spec["data_root"], name=name)
-    if kind == "messages_jsonl":
-        return sources_lib.MessagesJsonlSource(spec["path"], data_root=spec["data_root"], name=name)
+    if kind in ("qwen_jsonl", "messages_jsonl"):
+        if rate != 1.0 and spec["sampling_rate"] != 1.0:
+            raise ValueError(f"data.sources.{name}: give the sampling rate as a name%N suffix or sampling_rate, "
+                             "not both")
+        cls = sources_lib.QwenJsonlSource if kind == "qwen_jsonl" else sources_lib.MessagesJsonlSource
+        return cls(spec["path"], data_root=spec["data_root"], name=name, sampling_rate=rate * spec["sampling_rate"])
     return sources_lib.ArrayRecordSource(spec["path"], name=name)
 
 
@@ -83,10 +92,16 @@ def make_sources(data_config: mlc.ConfigDict) -> tuple[Any, dict[str, float] | N
     specs = _plain(data_config.sources)
     if not specs:
         raise ValueError("data.sources is empty: nothing to train on")
-    built = {name: make_source(name, spec) for name, spec in specs.items()}
+    built, weights = {}, {}
+    for full_name, spec in specs.items():
+        name = sources_lib.parse_dataset_name(full_name)[0]
+        if name in built:
+            raise ValueError(f"data.sources names {name!r} twice")
+        built[name] = make_source(full_name, spec)
+        weights[name] = float(source_config(full_name, spec)["weight"])
     if len(built) == 1:
         return next(iter(built.values())), None
-    return built, {name: float(source_config(name, spec)["weight"]) for name, spec in specs.items()}
+    return built, weights
 
 
 def pipeline_config(data_config: mlc.ConfigDict, seed: int,

@@ -1,4 +1,6 @@
-"""Decoding of raw samples: image references -> uint8 [H, W, 3], video references -> frames + fps."""
+"""Decoding of raw samples: image references -> uint8 [H, W, 3], video references -> frames + fps.
+
+Video files stay lazy (``VideoFile``): the processor decodes only the frames it samples."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 
 from vlm_jax.data.sources.errors import SampleError
 from vlm_jax.data.sources.refs import frame_files, resolve_video
+from vlm_jax.data.sources.video import VideoFile
 
 
 def decode_image(ref: Any, where: str = "image") -> np.ndarray:
@@ -72,35 +75,16 @@ def decode_image(ref: Any, where: str = "image") -> np.ndarray:
     return arr
 
 
-def _decode_video_file(src: str | bytes, where: str) -> tuple[np.ndarray, float | None]:
-    try:
-        import av  # optional dependency
-    except ImportError:
-        name = src if isinstance(src, str) else "video bytes"
-        raise SampleError(
-            "bad_video",
-            f"{where}: cannot decode {name!r}: no video decoder installed (pip install av), "
-            "or give the video as a directory / list of frame images or a .npy array",
-        ) from None
-    try:
-        with av.open(src if isinstance(src, str) else io.BytesIO(src)) as container:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate) if stream.average_rate else None
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    except Exception as e:
-        raise SampleError("bad_video", f"{where}: cannot decode video ({type(e).__name__}: {e})") from e
-    if not frames:
-        raise SampleError("bad_video", f"{where}: video has no frames")
-    return np.stack(frames), fps
-
-
 def decode_video(ref: Any, default_fps: float = 2.0, where: str = "video") -> dict:
-    """A VideoRef -> ``{"frames": uint8 [T, H, W, 3], "fps": float}``."""
+    """A VideoRef -> ``{"frames": uint8 [T, H, W, 3] | VideoFile, "fps": float}``.
+
+    A video file (path or bytes) becomes a ``VideoFile``: a lazy array of the same shape whose frames are
+    decoded when indexed; its fps is the container's unless the reference gives one.
+    """
     v = resolve_video(ref, None) if not (isinstance(ref, Mapping) and "frames" in ref) else dict(ref)
     frames, fps = v["frames"], v.get("fps")
     if isinstance(frames, Mapping) and "$video_file" in frames:
-        frames, file_fps = _decode_video_file(frames["$video_file"], where)
-        fps = fps or file_fps
+        frames = VideoFile(frames["$video_file"], where)
     elif isinstance(frames, str):
         if not os.path.exists(frames):
             raise SampleError("missing_file", f"{where}: file {frames!r} does not exist")
@@ -115,12 +99,12 @@ def decode_video(ref: Any, default_fps: float = 2.0, where: str = "video") -> di
             except Exception as e:
                 raise SampleError("bad_video", f"{where}: cannot load {frames!r} ({e})") from e
         else:
-            frames, file_fps = _decode_video_file(frames, where)
-            fps = fps or file_fps
+            frames = VideoFile(frames, where)
     elif isinstance(frames, (bytes, bytearray)):
-        frames, file_fps = _decode_video_file(bytes(frames), where)
-        fps = fps or file_fps
-    if isinstance(frames, (list, tuple)):
+        frames = VideoFile(bytes(frames), where)
+    if isinstance(frames, VideoFile):
+        fps = fps or frames.fps
+    elif isinstance(frames, (list, tuple)):
         if not frames:
             raise SampleError("bad_video", f"{where}: video has no frames")
         frames = [decode_image(f, f"{where} frame {t}") for t, f in enumerate(frames)]
@@ -128,13 +112,14 @@ def decode_video(ref: Any, default_fps: float = 2.0, where: str = "video") -> di
         if len(shapes) != 1:
             raise SampleError("bad_video", f"{where}: frames have different sizes {sorted(shapes)}")
         frames = np.stack(frames)
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise SampleError("bad_video", f"{where}: frames of shape {frames.shape} are not [T, H, W, 3]")
-    if 0 in frames.shape:
-        raise SampleError("empty_image", f"{where}: zero-size video {frames.shape}")
-    if frames.dtype != np.uint8:
-        frames = np.clip(frames, 0, 255).astype(np.uint8)
+    if not isinstance(frames, VideoFile):  # VideoFile checked its frames when it opened the file
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise SampleError("bad_video", f"{where}: frames of shape {frames.shape} are not [T, H, W, 3]")
+        if 0 in frames.shape:
+            raise SampleError("empty_image", f"{where}: zero-size video {frames.shape}")
+        if frames.dtype != np.uint8:
+            frames = np.clip(frames, 0, 255).astype(np.uint8)
     fps = float(fps) if fps else float(default_fps)
     if not math.isfinite(fps) or fps <= 0:
         raise SampleError("bad_video", f"{where}: invalid fps {fps}")
