@@ -60,6 +60,7 @@ def test_remat_policies_give_the_same_gradients(policy):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow  # 38-70 s; the default suite had grown past 15 minutes
 def test_ragged_and_dense_moe_agree_and_jit_matches_eager():
     c_r, c_d = _config("tiny-moe", moe_impl="ragged"), _config("tiny-moe", moe_impl="dense")
     params = init_params(c_r, jax.random.key(1))
@@ -73,6 +74,7 @@ def test_ragged_and_dense_moe_agree_and_jit_matches_eager():
     assert float(eager["aux_loss"]) >= 1.0 - 1e-6  # E * sum(f * p) is >= 1, equal only when balanced
 
 
+@pytest.mark.slow  # 38-70 s; the default suite had grown past 15 minutes
 def test_bfloat16_compute_stays_close_to_float32():
     c32 = model_configs.get_config("tiny")
     c16 = _config("tiny")
