@@ -20,12 +20,16 @@ from vlm_jax.train import optimizer
 # What else a value needs to be valid (the resampler changes the visual token count, so no DeepStack).
 NEEDS = {("merger", "resampler"): {"deepstack": False, "vision.deepstack_layers": (), "resampler_num_queries": 4},
          ("attention_impl", "cudnn"): {"dtype": "bfloat16"},
+         # The Pallas kernels trace in interpret mode off their platform (validation refuses them otherwise).
+         ("attention_impl", "splash"): {"attention_interpret": True},
+         ("attention_impl", "gpu"): {"attention_interpret": True},
+         ("text.moe_gmm", "megablox"): {"text.moe_impl": "ragged"},
          ("text.rope_scaling.rope_type", "yarn"): {"text.rope_scaling.factor": 4.0,
                                                    "text.rope_scaling.original_max_position_embeddings": 64}}
 
 
 def _config(key, value):
-    return small_config(moe=key == "text.moe_impl", **{key: value, **NEEDS.get((key, value), {})})
+    return small_config(moe=key.startswith("text.moe_"), **{key: value, **NEEDS.get((key, value), {})})
 
 
 def _inputs(c):

@@ -12,15 +12,19 @@ from vlm_jax.inference.prompt import build_prompt
 from vlm_jax.train import data as data_lib
 
 
+@pytest.mark.parametrize("question_first", [0.0, 1.0])
 @pytest.mark.parametrize("family", ["counting", "grounding", "pointing"])
-def test_eval_prompt_is_the_training_prefix(family):
+def test_eval_prompt_is_the_training_prefix(family, question_first):
     c = get_config()
+    c.data.sources.synthetic.world = {**dict(c.data.sources.synthetic.world), "question_first": question_first}
     tokenizer = data_lib.make_tokenizer(c.data)
     pipeline_config = data_lib.pipeline_config(c.data, seed=0, weights=None)
     processor = experiment_lib.processor_config(c)
     world = data_lib.make_source("synthetic", c.data.sources.synthetic).world
     items = tasks.synthetic_items(family, 6, world=world)
     assert len(items) == 6
+    first = [m["content"][0]["type"] == "text" for m in (item.messages[0] for item in items)]
+    assert first == [bool(question_first)] * 6
     for item in items:
         prompt = build_prompt(item.messages, item.images, item.videos, tokenizer, processor)
         train = tokenize_sample(item.to_sample(), tokenizer, pipeline_config,

@@ -1,15 +1,18 @@
 """Learning regression: a short training on a fixed set of counting images must read the pixels.
 
-The model is the main job's tiny config with the main job's learning rates; the task is the
-synthetic world's counting (how many <category> are there?) on a fixed set of samples. With the
-real images, teacher-forced answer accuracy on that set must pass a threshold that the control
-cannot reach: the same training with every image replaced by fresh noise at every step (so the
-pixels carry no information, and only the question's prior is learnable).
+The model is the main job's tiny config cut to two tower and two decoder layers, with the main
+job's learning rates; the task is the synthetic world's counting (how many <category> are there?)
+on a fixed set of samples. With the real images, teacher-forced answer accuracy on that set must
+pass a threshold that the control cannot reach: the same training from the same initial weights
+with every image replaced by fresh noise at every step (so the pixels carry no information, and
+only the question's prior is learnable). Measured: images 0.90 at step 40 and 1.0 from step 60;
+noise 0.38-0.50 through step 120.
 """
 
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import pytest
@@ -23,8 +26,8 @@ from vlm_jax.train.state import init_train_state
 from vlm_jax.train.step import CPU_FAST_COMPILE, make_train_step, put_batch
 
 NUM_SAMPLES = 40
-STEPS = 120
-THRESHOLD = 0.75  # answer accuracy on the fixed set; the noise control reaches about 0.5
+STEPS = 60
+THRESHOLD = 0.85  # answer accuracy on the fixed set; the noise control reaches about 0.5
 
 
 def _config() -> mlc.ConfigDict:
@@ -41,6 +44,9 @@ def _config() -> mlc.ConfigDict:
     # 16-pixel patches (4 visual tokens an image): the cheapest tower that still has to read the pixels.
     c.model.vision.patch_size = 16
     c.data.pipeline.processor.patch_size = 16
+    # Two layers each (DeepStack from the first tower layer): half the compile and step time of `tiny`.
+    c.model.vision.update(depth=2, deepstack_layers=(0,), full_attention_layers=(0, 1))
+    c.model.text.num_layers = 2
     experiment_lib.validate(c)
     return c
 
@@ -55,11 +61,20 @@ def fixed_set():
     return c, batches
 
 
-def _train_and_score(c, batches, noise: bool) -> float:
+@pytest.fixture(scope="module")
+def trainer(fixed_set):
+    """One initial state, one compiled train step and one compiled scorer, shared by both runs."""
+    c, _ = fixed_set
     mc, tc = experiment_lib.model_config(c), experiment_lib.train_config(c)
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
-    state = init_train_state(mc, tc, mesh)
+    init = init_train_state(mc, tc, mesh)
     step = make_train_step(mc, tc, mesh, compiler_options=CPU_FAST_COMPILE)
+    return mesh, init, step, vision_probe.make_answer_logprob_fn(mc)
+
+
+def _train_and_score(trainer, batches, noise: bool) -> float:
+    mesh, init, step, logprob = trainer
+    state = jax.tree.map(jnp.copy, init)  # the step donates its state
     rng = np.random.default_rng(0)
 
     def maybe_noise(b):
@@ -69,7 +84,6 @@ def _train_and_score(c, batches, noise: bool) -> float:
 
     for i in range(STEPS):
         state, _ = step(state, put_batch(maybe_noise(batches[i % len(batches)]), mesh))
-    logprob = vision_probe.make_answer_logprob_fn(mc)
     correct = []
     for b in batches:
         _, logits = logprob(state.params, maybe_noise(b))
@@ -77,11 +91,11 @@ def _train_and_score(c, batches, noise: bool) -> float:
     return float(np.mean(correct))
 
 
-def test_counting_is_learned_from_pixels_and_not_from_noise(fixed_set):
-    c, batches = fixed_set
+def test_counting_is_learned_from_pixels_and_not_from_noise(fixed_set, trainer):
+    _, batches = fixed_set
     t0 = time.perf_counter()
-    with_images = _train_and_score(c, batches, noise=False)
-    with_noise = _train_and_score(c, batches, noise=True)
+    with_images = _train_and_score(trainer, batches, noise=False)
+    with_noise = _train_and_score(trainer, batches, noise=True)
     print(f"fixed-set answer accuracy: images {with_images:.3f}, noise {with_noise:.3f} "
           f"({time.perf_counter() - t0:.0f} s)")
     assert with_images >= THRESHOLD, f"counting not learned from the images: accuracy {with_images:.3f}"

@@ -126,7 +126,7 @@ def test_experiment_config_sources_take_the_official_names(demo):
                                         "data_root": reg["single_images"]["data_path"], "weight": 2.0},
                       "video%67": {"kind": "qwen_jsonl", "path": reg["video"]["annotation_path"],
                                    "data_root": reg["video"]["data_path"]}}
-    c.data.warmup.steps = 0
+    c.data.curriculum = ()
     experiment_lib.validate(c)
     built, weights = data_lib.make_sources(c.data)
     assert {n: len(s) for n, s in built.items()} == {"single_images": 3, "video": 2}
@@ -183,7 +183,7 @@ def test_demo_trains_the_tiny_model(demo):
     reg = registry(demo)
     c.data.sources = {name: {"kind": "qwen_jsonl", "path": e["annotation_path"], "data_root": e["data_path"]}
                       for name, e in reg.items()}
-    c.data.warmup.steps = 0
+    c.data.curriculum = ()
     c.data.pipeline.update(seq_len=512, batch_size=2, max_patches=2048, max_grids=8)
     experiment_lib.validate(c)
     pipe, _, names = data_lib.make_pipeline(c.data, seed=0)

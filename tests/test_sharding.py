@@ -16,6 +16,7 @@ from flax import traverse_util
 from tests.fake_data import fake_params, make_fake_batch, merge_process_batches
 from vlm_jax.configs import train_base
 from vlm_jax.configs.model import get_config
+from vlm_jax.configs.model import validate as validate_model
 from vlm_jax.parallel import make_mesh, rules
 from vlm_jax.train import make_train_step, put_batch
 from vlm_jax.train.state import train_state_from_params
@@ -170,3 +171,18 @@ def test_two_processes_data_parallel_match_one_process(tmp_path):
 
 if __name__ == "__main__":
     _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+
+
+@pytest.mark.slow  # 30-160 s: three train steps of tiny-moe on two meshes
+def test_train_steps_with_expert_parallel_match_single_device():
+    """The whole train step (scanned layers, AdamW) with moe_impl='expert_parallel' on expert=4 x data=2
+    follows the single-device run of test_sharding.py step for step."""
+    model, cfg, params, batches, want_losses, want_params = _reference("tiny-moe")
+    ep = model.copy_and_resolve_references()
+    ep.text.moe_impl = "expert_parallel"
+    validate_model(ep)
+    losses, state, _ = _run(ep, cfg, make_mesh({"expert": 4, "data": -1}), params, batches)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    got = jax.tree.map(np.asarray, state.params)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want_params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))

@@ -342,6 +342,27 @@ def test_config_variants():
     assert s["meta"]["font"] in ("default", "bitmap")
 
 
+def test_question_first_moves_only_the_question():
+    def order(sample):
+        return [part["type"] for part in sample["messages"][0]["content"]]
+
+    after, before = SyntheticWorld(), SyntheticWorld(question_first=1.0)
+    mixed = SyntheticWorld(question_first=0.5)
+    firsts = []
+    for i in range(40):
+        a, b, m = after.sample(i, "train"), before.sample(i, "train"), mixed.sample(i, "train")
+        media = order(a)[:-1]
+        assert order(a) == [*media, "text"] and order(b) == ["text", *media]
+        # The same plan, pixels and answer whatever the order.
+        assert a["meta"]["plan"] == b["meta"]["plan"] == m["meta"]["plan"] and a["answer"] == m["answer"]
+        assert all(np.array_equal(x, y) for x, y in zip(a["images"], m["images"], strict=True))
+        firsts.append(order(m)[0] == "text")
+        assert order(mixed.sample(i, "train")) == order(m)  # deterministic per sample
+    assert 10 < sum(firsts) < 30
+    with pytest.raises(ValueError, match="question_first is a probability"):
+        SyntheticWorld(question_first=1.5)
+
+
 def test_bitmap_font_fallback(monkeypatch):
     monkeypatch.setattr(R, "HAVE_FREETYPE", False)
     R.get_font.cache_clear()

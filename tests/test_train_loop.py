@@ -20,6 +20,7 @@ from vlm_jax.configs.experiment import model_config
 from vlm_jax.inference.loading import load_processor_config
 from vlm_jax.model.vlm import init_params
 from vlm_jax.params.store import load_params, save_params
+from vlm_jax.train import data as data_lib
 from vlm_jax.train.checkpoint import CheckpointError
 from vlm_jax.train.loop import train_and_evaluate
 
@@ -34,8 +35,8 @@ def _small(c, steps):
     c.data.pipeline.update(seq_len=128, batch_size=8, max_patches=512, max_grids=32)  # 8 rows: 8 test devices
     c.log.update(every_steps=1, progress=False, peak_flops_per_device=1e11)
     c.eval.tasks = ()
-    if c.data.warmup.steps:  # the main job's curriculum: steps 1-4 one object (box, point), then its world
-        c.data.warmup.steps = 4
+    if c.data.curriculum:  # the main job's curriculum: steps 1-2 one object, 3-4 two objects, then its world
+        c.data.curriculum = tuple({**dict(stage), "steps": 2} for stage in c.data.curriculum)
     return c
 
 
@@ -188,6 +189,36 @@ def test_recipe_stage_files_load_and_validate(stage, scale):
     assert c.model.name == f"qwen3-vl-{size}"
 
 
+def test_recipe_tiny_lengths_keep_the_full_scale_ratios():
+    tiny = {name: recipe.stage_config(name, size="tiny", scale="tiny") for name in recipe.ORDER}
+    lengths = {name: c.data.pipeline.seq_len for name, c in tiny.items()}
+    assert lengths == {"s0_align": 256, "s1_multimodal": 256, "s2_long": 1024, "s3_ultralong": 8192,
+                       "sft_32k": 1024, "sft_256k": 8192}
+    for name, c in tiny.items():
+        assert lengths[name] * 32 == recipe.STAGES[name].seq_len
+        # The long rows take the chunked attention, whose memory grows linearly with the length.
+        assert c.model.attention_impl == ("xla_chunked" if lengths[name] > 1024 else "xla")
+    assert tiny["s3_ultralong"].data.pipeline.batch_size * 8192 == 32768  # a 32K-token step
+
+
+@pytest.mark.slow
+def test_a_32k_token_recipe_step_runs_on_cpu(tmp_path):
+    """S3 at tiny scale: 4 rows of 8,192 tokens, one train step (about a minute on 2 cores)."""
+    c = recipe.stage_config("s3_ultralong", size="tiny", scale="tiny")
+    c.init_from = ""
+    c.train.num_train_steps = 1
+    c.train.optimizer.warmup_steps = 0
+    c.train.parallel.update(data=4, fsdp=1, tensor=-1)  # 4 rows over the test's 8 host devices
+    c.train.checkpoint.every_steps = 1
+    c.log.update(progress=False, every_steps=1)
+    summary = train_and_evaluate(c, str(tmp_path / "s3"))
+    rows = metrics_rows(str(tmp_path / "s3"))
+    assert summary["steps"] == 1 and np.isfinite(rows[-1]["loss"])
+    tokens = rows[-1]["tokens_per_second"] * rows[-1]["step_seconds"]
+    assert tokens > 8192, tokens  # more real tokens than one row holds (measured: 15,895 of the 32,768 slots)
+    print(f"32K-token step: {rows[-1]['step_seconds']:.1f} s, {tokens:.0f} real tokens")
+
+
 def test_recipe_full_scale_budgets_and_args():
     s0, s3 = recipe.stage_config("s0_align"), recipe.stage_config("s3_ultralong")
     assert s3.data.pipeline.seq_len == 262144 and s0.data.pipeline.seq_len == 8192
@@ -207,14 +238,28 @@ def test_recipe_full_scale_budgets_and_args():
         recipe.stage_config("s4")
 
 
-def test_warmup_config_is_checked():
+def test_curriculum_config_is_checked():
     from vlm_jax.configs.experiment import validate
 
-    c = synthetic_tiny.get_config()
-    c.data.warmup.world = {"max_objects": 1, "colour": "red"}
+    def with_stage(stage):
+        c = synthetic_tiny.get_config()
+        c.data.curriculum = (*c.data.curriculum, stage)
+        return c
+
     with pytest.raises(ValueError, match="colour"):
-        validate(c)
+        validate(with_stage({"steps": 3, "world": {"max_objects": 1, "colour": "red"}}))
+    with pytest.raises(ValueError, match=r"curriculum\[2\]\.steps=-1"):
+        validate(with_stage({"steps": -1, "world": {}}))
+    with pytest.raises(ValueError, match=r"curriculum\[2\] has unknown keys \['stpes'\]"):
+        validate(with_stage({"stpes": 3, "world": {}}))
+
+
+def test_curriculum_stages_are_read_in_order():
     c = synthetic_tiny.get_config()
-    c.data.warmup.steps = -1
-    with pytest.raises(ValueError, match="warmup.steps=-1"):
-        validate(c)
+    stages = data_lib.curriculum_data_configs(c.data, ("count", "ground_box"))
+    assert [steps for steps, _ in stages] == [stage["steps"] for stage in c.data.curriculum]
+    for (_, d), stage in zip(stages, c.data.curriculum, strict=True):
+        world = d.sources.synthetic.world.to_dict()
+        assert {k: world[k] for k in stage["world"]} == dict(stage["world"])
+        assert world["question_first"] == 1.0  # the main world's keys the stage leaves alone
+        assert tuple(d.pipeline.task_names) == ("count", "ground_box") and not d.curriculum

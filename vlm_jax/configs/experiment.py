@@ -33,7 +33,7 @@ from vlm_jax.data import processor as processor_lib
 
 # Checked by their own validators, on top of their bases: they may hold a subset of their keys. The
 # sources are named by the user (each checked against its kind's keys).
-_SECTIONS = ("model", "train", "data.pipeline", "data.sources", "data.warmup")
+_SECTIONS = ("model", "train", "data.pipeline", "data.sources")
 
 
 def base_config(size: str = "tiny") -> mlc.ConfigDict:
@@ -53,9 +53,10 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     p.update(seq_len=1024, batch_size=8, max_patches=2048, max_grids=64)
     p.seed = placeholder(int)  # None: train.seed
     p.processor.update(min_pixels=32 * 32, max_pixels=256 * 256)
-    # A curriculum's first stage: for the first `steps` train steps every synthetic source's world is
-    # `world` merged over its own (same batch shapes, task ids and seed; 0 = off).
-    d.warmup = mlc.ConfigDict({"steps": 0, "world": {}})
+    # Curriculum: stages ({"steps": N, "world": {...}}, ...) read in order before the main data; during a
+    # stage every synthetic source's world is the stage's `world` merged over its own (same batch shapes,
+    # task ids and seed). () = off.
+    d.curriculum = ()
 
     e = c.eval = mlc.ConfigDict()
     e.tasks = ("counting", "grounding")
@@ -88,7 +89,7 @@ def validate(c: mlc.ConfigDict) -> None:
     data_lib.pipeline_config(c.data, c.train.seed, None)
     for name, spec in _plain(c.data.sources).items():
         data_lib.source_config(name, spec)
-    data_lib.check_warmup(c.data)
+    data_lib.check_curriculum(c.data)
     if c.log.every_steps < 1:
         raise ValueError(f"config.log.every_steps={c.log.every_steps} must be >= 1")
     if c.eval.tasks:

@@ -40,7 +40,7 @@ def get_config(arg: str = "") -> mlc.ConfigDict:
         raise ValueError(f"grounding_probe: unknown options {unknown}; choose from {', '.join(OPTIONS)}")
     c = synthetic_tiny.get_config()
     c.stage = "grounding_probe"
-    c.data.warmup.steps = 0  # the probe's world is the stage under study
+    c.data.curriculum = ()  # the probe's world is the stage under study
     world = dict(c.data.sources.synthetic.world)
     world["tasks"] = {"count": 1.0, "ground_box": 3.0, "ground_point": 1.0}
     if "tasks" in kv:

@@ -45,10 +45,12 @@ CHOICES = {
     "vision.attention": ("full", "window"),  # model/vision.py
     "text.mrope_layout": ("interleaved", "chunked"),  # model/rope.py
     "text.rope_scaling.rope_type": ("default", "yarn"),  # model/rope.py text_rope_frequencies
-    "text.moe_impl": ("ragged", "dense"),  # model/moe.py
+    "text.moe_impl": ("ragged", "dense", "expert_parallel"),  # model/moe.py, parallel/expert.py
+    "text.moe_gmm": ("ragged_dot", "megablox"),  # model/grouped_matmul.py GMM_IMPLS
     "merger": ("mlp", "resampler"),  # model/merger.py
     "remat_policy": ("none", "full", "dots", "dots_no_batch", "minimal"),  # model/layers.py REMAT_POLICIES
-    "attention_impl": ("xla", "cudnn"),  # kernels/attention.py IMPLS
+    "attention_impl": ("xla", "xla_chunked", "splash", "gpu", "cudnn"),  # kernels/attention.py IMPLS
+    "context_parallel": ("none", "all_gather", "ring"),  # parallel/context.py STRATEGIES
     "dtype": DTYPES,
     "param_dtype": DTYPES,
 }
@@ -119,6 +121,11 @@ def base_config() -> mlc.ConfigDict:
     t.norm_topk_prob = True
     t.router_aux_loss_coef = 0.001
     t.moe_impl = "ragged"  # "ragged" (sorted tokens + grouped matmul) | "dense" (every expert, for tests)
+    # | "expert_parallel" (tokens sent to the devices holding their experts: the mesh's expert axis)
+    t.moe_gmm = "ragged_dot"  # grouped matmul of ragged / expert_parallel: "ragged_dot" | "megablox" (TPU)
+    # expert_parallel only: 0 = dropless; c > 0 bounds each expert shard's buffer to c x its balanced
+    # share of token copies, dropping (and counting) the rest.
+    t.moe_capacity_factor = 0.0
 
     c.merger = "mlp"  # "mlp" (Qwen2/3-VL 2x2 MLP merger) | "resampler" (Qwen-VL cross-attention ablation)
     c.resampler_num_queries = 256
@@ -139,7 +146,18 @@ def base_config() -> mlc.ConfigDict:
     c.param_dtype = "float32"
     c.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
     c.remat_policy = "none"  # "none" | "full" | "dots" | "dots_no_batch" | "minimal"
-    c.attention_impl = "xla"  # "xla" | "cudnn" (GPU, bfloat16/float16 compute; see vlm_jax/kernels)
+    # "xla" | "xla_chunked" (flash attention in plain JAX, memory linear in length) | "splash" (TPU) |
+    # "gpu" (Pallas Triton, CUDA) | "cudnn" (GPU, bfloat16/float16 compute); see vlm_jax/kernels/attention.py.
+    c.attention_impl = "xla"
+    # Let "splash" / "gpu" run on a platform that cannot compile them, in Pallas interpret mode (slow: tests).
+    c.attention_interpret = False
+    # Text attention over the mesh's `sequence` axis (training / no-cache forward; a no-op when that
+    # axis is 1): "none" (the compiler partitions it) | "all_gather" (gather K/V) | "ring" (pass K/V
+    # around, online softmax). See vlm_jax/parallel/context.py.
+    c.context_parallel = "none"
+    # Causal load balancing: the decoder runs its layers with each row in reorder_sequence order
+    # (shard i holds chunks i and 2cp-1-i of 2cp); needs the row length divisible by 2 x sequence.
+    c.context_parallel_load_balance = False
     return c
 
 
@@ -208,6 +226,12 @@ def validate(c: mlc.ConfigDict) -> None:
         need(0 < t.num_experts_per_tok <= t.num_experts,
              f"text.num_experts_per_tok={t.num_experts_per_tok} must be in [1, num_experts={t.num_experts}]")
         need(t.moe_intermediate_size > 0, "text.moe_intermediate_size must be > 0 for an MoE model")
+    need(t.moe_capacity_factor >= 0, f"text.moe_capacity_factor={t.moe_capacity_factor} must be >= 0 (0: dropless)")
+    need(t.moe_capacity_factor == 0 or t.moe_impl == "expert_parallel",
+         f"text.moe_capacity_factor={t.moe_capacity_factor} needs text.moe_impl='expert_parallel' "
+         f"(got {t.moe_impl!r}, which is dropless)")
+    need(t.moe_gmm == "ragged_dot" or t.moe_impl != "dense",
+         f"text.moe_gmm={t.moe_gmm!r} is a grouped matmul; text.moe_impl='dense' uses none")
     if c.merger == "resampler":
         side = int(round(c.resampler_num_queries ** 0.5))
         need(side * side == c.resampler_num_queries,
@@ -218,6 +242,14 @@ def validate(c: mlc.ConfigDict) -> None:
         need(len(v.deepstack_layers) <= t.num_layers, "more DeepStack levels than decoder layers")
     for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
         need(0 <= c[k] < t.vocab_size, f"{k}={c[k]} outside the vocabulary (vocab_size={t.vocab_size})")
+    need(not c.context_parallel_load_balance or c.context_parallel != "none",
+         "context_parallel_load_balance=True needs context_parallel 'all_gather' or 'ring'")
+    if c.attention_impl in ("splash", "gpu") and not c.attention_interpret:
+        from vlm_jax.kernels.attention import platform_problem  # imports jax: only for these impls
+
+        problem = platform_problem(c.attention_impl)
+        need(problem is None, f"attention_impl={c.attention_impl!r}: {problem} (attention_interpret=True runs it "
+             "in Pallas interpret mode, for tests)")
     need(c.attention_impl != "cudnn" or c.dtype in ("bfloat16", "float16"),
          f"attention_impl='cudnn' needs dtype bfloat16 or float16, got {c.dtype!r} (cuDNN flash attention has no "
          "float32 kernel)")

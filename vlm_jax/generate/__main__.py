@@ -3,12 +3,15 @@
   python -m vlm_jax.generate --checkpoint=runs/synthetic_tiny --prompt="How many circles?" --image=a.png
       [--image=b.png ...] [--video=frames_dir | --video=clip.npy --fps=2] [--preset=greedy|instruct|thinking]
       [--max_new_tokens=256] [--stream] [--system="..."] [--processor='{"min_pixels": 4096, "max_pixels": 4096}']
+      [--weights=float32|bfloat16|int8]
 
 --checkpoint: a params dir or a training workdir (see `vlm_jax.inference.loading`). Media come before
 the prompt text in the user turn, images first. A video is a directory of frame images (sorted by
 name) or a .npy array uint8 [T, H, W, 3], at --fps frames per second; the processor samples it.
 With --preset=thinking the Thinking template is used and the reply is split into reasoning and answer.
-Errors (missing or unreadable image, unknown preset, prompt over the model's budget) print one line
+--weights: the format the weights are held in while generating (`vlm_jax.inference.quantize`): float32
+(as stored), bfloat16, or int8 (weight-only, one scale per output channel).
+Errors (missing or unreadable image, unknown preset or weights format, prompt over the model's budget) print one line
 and exit with status 2.
 """
 
@@ -36,6 +39,7 @@ flags.DEFINE_bool("stream", False, "print tokens as they are generated", flag_va
 flags.DEFINE_string("processor", None,
                     "processor settings as JSON (default: the checkpoint's processor_config.json)",
                     flag_values=FLAGS)
+flags.DEFINE_string("weights", "float32", "float32 | bfloat16 | int8 (weight-only)", flag_values=FLAGS)
 flags.mark_flags_as_required(["checkpoint", "prompt"], flag_values=FLAGS)
 
 
@@ -45,17 +49,20 @@ def _generate() -> int:
     from vlm_jax.inference import generate as generate_lib
     from vlm_jax.inference.loading import load_model, processor_config_for
     from vlm_jax.inference.prompt import batch_prompts, build_messages, build_prompt, check_budget, load_video
+    from vlm_jax.inference.quantize import check_weights, prepare_weights
     from vlm_jax.inference.sampling import get_preset
     from vlm_jax.inference.thinking import split_thinking
 
     preset, max_new_tokens = FLAGS.preset, FLAGS.max_new_tokens
     get_preset(preset)  # fail on a typo before anything is loaded
+    check_weights(FLAGS.weights, "--weights")
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
     override = None if FLAGS.processor is None else cli.parse_json_object(FLAGS.processor, "processor settings")
     images = [proc.load_image(p) for p in FLAGS.image]
     videos = [load_video(v, FLAGS.fps) for v in FLAGS.video]
     model_config, params, tokenizer = load_model(FLAGS.checkpoint)
+    params = prepare_weights(params, FLAGS.weights)
     thinking = preset == "thinking"
     messages = build_messages(FLAGS.prompt, len(images), len(videos), FLAGS.system)
     prompt = build_prompt(messages, images, videos, tokenizer, processor_config_for(FLAGS.checkpoint, override),

@@ -289,6 +289,12 @@ def _prefill(params, ids, positions, segment_ids, pixel_values, grid_thw, key, i
 
 def _decode_body(params, layer_params, state, cfg, scfg, think, stop_tokens, pad_token_id):
     """Feeds the last token at slot `cache_offset + n - 1` and emits the next one."""
+    if jax.default_backend() != "cpu":
+        # A barrier tied to the step counter keeps the conversion of int8 / bfloat16 weights (quantize.py)
+        # inside the step, where the compiler can fuse it into the matmuls; otherwise XLA hoists it out
+        # of the while_loop and every step reads a float copy of every weight. XLA:CPU does not fuse it
+        # (it writes a float copy before each matmul), so there converting once per loop is faster.
+        params, layer_params, _ = jax.lax.optimization_barrier((params, layer_params, state["n"]))
     b = state["last"].shape[0]
     cache_index = state["cache_offset"] + state["n"] - 1
     pos = jnp.broadcast_to((cache_index + state["rope_delta"])[None, :, None], (3, b, 1))

@@ -1,7 +1,12 @@
 """Dot-product attention with segment ids (packing) and causal masks.
 
 `xla` is the reference: plain einsums, float32 softmax, runs everywhere (CPU tests).
-`cudnn` hands the same mask to `jax.nn.dot_product_attention`'s cuDNN path on GPUs.
+`xla_chunked` (kernels/chunked_attention.py) is flash attention in plain JAX: memory linear in the
+length, on any platform. `splash` (TPU, kernels/splash_attention.py) and `gpu` (the Pallas Triton
+kernel, kernels/gpu_attention.py) are Pallas kernels for self-attention; what they cannot express
+(decoding against a KV cache, keys with their own segment ids) runs `xla_chunked`. These three mask
+by segment ids and positions only, and give padding queries (segment 0) zeros where `xla` averages
+the values. `cudnn` hands the same mask to `jax.nn.dot_product_attention`'s cuDNN path on GPUs.
 All implementations take q [B, T, H, D], k/v [B, S, K, D] with H a multiple of K (GQA).
 
 `segment_attention` is the ViT's: one flat sequence of many short segments (frames), where a
@@ -21,7 +26,32 @@ import functools
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("xla", "cudnn")
+from vlm_jax.kernels.chunked_attention import chunked_attention
+
+IMPLS = ("xla", "xla_chunked", "splash", "gpu", "cudnn")
+# The platform each Pallas kernel compiles for; elsewhere it runs only in interpret mode (tests).
+KERNEL_PLATFORMS = {"splash": "tpu", "gpu": "cuda"}
+
+
+def current_platform() -> str:
+    """The default backend as the kernels need it named: 'cpu', 'tpu', 'cuda' or 'rocm'."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return backend
+    try:
+        jax.devices("cuda")
+        return "cuda"
+    except RuntimeError:
+        return "rocm"
+
+
+def platform_problem(impl: str) -> str | None:
+    """Why `impl` cannot run natively on this platform (None when it can): names impl and platform."""
+    need = KERNEL_PLATFORMS.get(impl)
+    here = current_platform() if need else None
+    if need is None or here == need:
+        return None
+    return f"attention impl {impl!r} needs a {need.upper()} device, but this platform is {here!r}"
 
 
 def attention_mask(
@@ -63,12 +93,21 @@ def dot_product_attention(
     kv_positions: jnp.ndarray | None = None,
     mask: jnp.ndarray | None = None,
     impl: str = "xla",
+    interpret: bool | None = None,
 ) -> jnp.ndarray:
-    """Scaled dot-product attention, [B, T, H, D] out. `mask` [B, T, S] overrides the segment mask."""
+    """Scaled dot-product attention, [B, T, H, D] out. `mask` [B, T, S] overrides the segment mask
+    (`xla` and `cudnn` only). `interpret` runs the Pallas kernels (`splash`, `gpu`) in interpret mode;
+    None: exactly when this platform cannot compile them (config validation has already refused
+    that unless `attention_interpret` is set)."""
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     if h % kh:
         raise ValueError(f"{h} query heads is not a multiple of {kh} key/value heads")
+    if impl in ("xla_chunked", "splash", "gpu"):
+        if mask is not None:
+            raise ValueError(f"attention impl {impl!r} masks by segment ids and positions; it takes no dense mask")
+        return _kernel_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, q_positions, kv_positions, impl,
+                                 interpret)
     if mask is None:
         mask = attention_mask(q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions,
                               kv_positions=kv_positions, t=t, s=s)
@@ -82,6 +121,23 @@ def dot_product_attention(
         return jax.nn.dot_product_attention(
             q, k, v, mask=None if mask is None else mask[:, None], implementation="cudnn")
     raise ValueError(f"unknown attention impl {impl!r}; choose from {IMPLS}")
+
+
+def _kernel_attention(q, k, v, q_seg, kv_seg, causal, q_pos, kv_pos, impl, interpret):
+    """`xla_chunked`, or a Pallas kernel when the call is self-attention with shared segment ids."""
+    self_attention = q.shape[1] == k.shape[1] and kv_seg is None and q_pos is None and kv_pos is None
+    if impl in KERNEL_PLATFORMS and self_attention:
+        interpret = platform_problem(impl) is not None if interpret is None else interpret
+        # Imported here: the Pallas op modules are only needed by the runs that choose them.
+        if impl == "splash":
+            from vlm_jax.kernels.splash_attention import splash_attention
+
+            return splash_attention(q, k, v, segment_ids=q_seg, causal=causal, interpret=interpret)
+        from vlm_jax.kernels.gpu_attention import gpu_attention
+
+        return gpu_attention(q, k, v, segment_ids=q_seg, causal=causal, interpret=interpret)
+    return chunked_attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg, causal=causal,
+                             q_positions=q_pos, kv_positions=kv_pos)
 
 
 def reference_attention(q, k, v, mask):

@@ -12,6 +12,7 @@ import ml_collections as mlc
 from vlm_jax.kernels.attention import dot_product_attention
 from vlm_jax.model import layers, rope
 from vlm_jax.model.moe import MoE
+from vlm_jax.parallel import context
 
 
 class Attention(nn.Module):
@@ -36,7 +37,10 @@ class Attention(nn.Module):
         q = layers.constrain(q, ("batch", "seq", "q_heads", "head_dim"))
 
         if cache is None:
-            out = dot_product_attention(q, k, v, q_segment_ids=segment_ids, causal=True, impl=c.attention_impl)
+            # Plain dot_product_attention unless the mesh splits the sequence and context_parallel is set.
+            out = context.context_parallel_attention(q, k, v, segment_ids, strategy=c.context_parallel,
+                                                     load_balanced=c.context_parallel_load_balance,
+                                                     impl=c.attention_impl)
             new_cache = None
         else:
             # Write this block's keys/values at [cache_index, cache_index + s) of a fixed-size cache.
@@ -124,6 +128,17 @@ class Decoder(nn.Module):
             cache_seg = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
                                                      (0, cache_index))
             kv_cache = dict(k=cache["k"], v=cache["v"])
+        # Load-balanced context parallelism: the layers see each row in `reorder_sequence` order, so every
+        # shard of the sequence axis holds an early and a late chunk; the output goes back to row order.
+        # Here rather than in the pipeline: the visual tokens were spliced in row order (k-th placeholder).
+        cp = 1
+        if cache is None and c.context_parallel_load_balance:
+            cp = context.sequence_shards(c.context_parallel)
+        if cp > 1:
+            x, cos, sin, segment_ids, visual_index, visual_mask = (
+                None if a is None else context.reorder_sequence(a, cp)
+                for a in (x, cos, sin, segment_ids, visual_index, visual_mask))
+            x = layers.constrain(x, ("batch", "seq", "embed"))
         layer = layers.maybe_remat(DecoderLayer, c.remat_policy)
         stack = nn.scan(
             layer, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -135,6 +150,8 @@ class Decoder(nn.Module):
         if new_cache is not None:
             new_cache = dict(new_cache, segment_ids=cache_seg)
         x = layers.RMSNorm(t.rms_norm_eps, "embed", layers.dtype_of(c.param_dtype), name="final_norm")(x)
+        if cp > 1:
+            x = layers.constrain(context.inverse_reorder_sequence(x, cp), ("batch", "seq", "embed"))
         if stats is not None:
             stats = jax.tree.map(lambda a: jnp.sum(a, axis=0), stats)
         return x, new_cache, stats

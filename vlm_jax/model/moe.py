@@ -3,8 +3,13 @@
 `ragged` sorts the token copies by expert and runs the experts as grouped matmuls
 (`jax.lax.ragged_dot`), so compute scales with k, not with the number of experts.
 `dense` runs every expert on every token and is the simple reference used in tests.
+`expert_parallel` sends the token copies to the devices holding their experts and back
+(`vlm_jax/parallel/expert.py`), optionally bounded by a capacity factor.
+The grouped matmul of `ragged` and `expert_parallel` is `text.moe_gmm` (`grouped_matmul.py`).
 The layer also returns the statistics of the Switch-style load-balancing loss, summed over
-valid tokens, so the loss can be formed over all layers at once (`load_balancing_loss`).
+valid tokens, so the loss can be formed over all layers at once (`load_balancing_loss`), and
+the number of valid token copies dropped by the capacity bound (`dropped_copies`, 0 when dropless).
+Routing and statistics run on the whole (globally sharded) batch under every implementation.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import jax.numpy as jnp
 import ml_collections as mlc
 
 from vlm_jax.model import layers
+from vlm_jax.model.grouped_matmul import grouped_matmul
+from vlm_jax.parallel import expert
 
 
 class MoE(nn.Module):
@@ -40,15 +47,22 @@ class MoE(nn.Module):
         wi_up = self.param("wi_up", layers.param_init(init, ("expert", "embed", "mlp")), (e, d, inter), pdt)
         wo = self.param("wo", layers.param_init(init, ("expert", "mlp", "embed")), (e, inter, d), pdt)
         wi_gate, wi_up, wo = (w.astype(dt) for w in (wi_gate, wi_up, wo))
+        dropped = jnp.zeros((), jnp.int32)
         if t.moe_impl == "dense":
             out = _dense_experts(tokens, top_i, top_w, wi_gate, wi_up, wo)
+        elif t.moe_impl == "ragged":
+            out = _ragged_experts(tokens, top_i, top_w, wi_gate, wi_up, wo, t.moe_gmm)
         else:
-            out = _ragged_experts(tokens, top_i, top_w, wi_gate, wi_up, wo)
+            rows = shape[:-1] + (k,)
+            out, dropped = expert.expert_parallel_ffn(
+                x, valid.astype(bool), top_i.reshape(rows), top_w.reshape(rows), wi_gate, wi_up, wo,
+                gmm_impl=t.moe_gmm, capacity_factor=t.moe_capacity_factor)
 
         v = valid.reshape(-1).astype(jnp.float32)
         counts = jnp.sum(jax.nn.one_hot(top_i, e, dtype=jnp.float32).sum(1) * v[:, None], axis=0)
         prob_sum = jnp.sum(probs * v[:, None], axis=0)
-        stats = dict(expert_counts=counts, router_prob_sum=prob_sum, tokens=jnp.sum(v))
+        stats = dict(expert_counts=counts, router_prob_sum=prob_sum, tokens=jnp.sum(v),
+                     dropped_copies=dropped.astype(jnp.float32))
         return out.reshape(shape), stats
 
 
@@ -59,15 +73,16 @@ def _dense_experts(x, top_i, top_w, wi_gate, wi_up, wo):
     return jnp.einsum("tei,eid,te->td", h, wo, combine)
 
 
-def _ragged_experts(x, top_i, top_w, wi_gate, wi_up, wo):
+def _ragged_experts(x, top_i, top_w, wi_gate, wi_up, wo, gmm_impl="ragged_dot"):
     t, k = top_i.shape
     e = wi_gate.shape[0]
     flat_expert = top_i.reshape(-1)
     order = jnp.argsort(flat_expert, stable=True)
     xs = x[order // k]
     group_sizes = jnp.bincount(flat_expert, length=e).astype(jnp.int32)
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, wi_gate, group_sizes)) * jax.lax.ragged_dot(xs, wi_up, group_sizes)
-    ys = jax.lax.ragged_dot(h, wo, group_sizes)
+    gmm = lambda a, w: grouped_matmul(a, w, group_sizes, gmm_impl)
+    h = jax.nn.silu(gmm(xs, wi_gate)) * gmm(xs, wi_up)
+    ys = gmm(h, wo)
     ys = jnp.zeros_like(ys).at[order].set(ys).reshape(t, k, -1)
     return jnp.sum(ys * top_w[..., None], axis=1)
 

@@ -5,7 +5,7 @@
     data.tokenizer = ""                    # tokenizer.json path; "" = the synthetic world's tokenizer
     data.sources = {name: {kind, weight, ...}, ...}
     data.pipeline = {...}                  # `vlm_jax.data.pipeline` keys (seq_len, batch_size, max_patches, ...)
-    data.warmup = {steps, world}           # curriculum: `world` overrides for the first `steps` steps
+    data.curriculum = ({steps, world}, ...)  # stages before the main data: `world` overrides, `steps` each
 
 Source kinds: "synthetic" (`world`: `SyntheticWorld` config overrides, `split`, `length`),
 "qwen_jsonl" / "messages_jsonl" (`path`: `.json` arrays or `.jsonl` files, a glob or list; `data_root`,
@@ -130,38 +130,47 @@ def make_pipeline(data_config: mlc.ConfigDict, seed: int = 0) -> tuple[Pipeline,
     return pipe, tokenizer, tuple(names)
 
 
-def check_warmup(data_config: mlc.ConfigDict) -> None:
-    """`data.warmup` is off (steps 0) or names world keys a `SyntheticWorld` takes. It may outlast a run
-    (a run stopped early with a smaller num_train_steps, then resumed, reads the same stream)."""
-    w = data_config.get("warmup")
-    if w is None:
-        return
-    unknown = sorted(set(w) - {"steps", "world"})
-    if unknown:
-        raise ValueError(f"config.data.warmup has unknown keys {unknown}; expected steps, world")
-    if w.steps < 0:
-        raise ValueError(f"config.data.warmup.steps={w.steps} must be >= 0 (0: no warm-up stage)")
-    if not w.steps:
-        return
-    synthetic = {n: s for n, s in data_config.sources.items() if s.get("kind") == "synthetic"}
-    if not synthetic:
-        raise ValueError("config.data.warmup needs a synthetic source: it overrides the synthetic world")
-    for spec in synthetic.values():
-        SyntheticWorld(**{**dict(spec.get("world") or {}), **dict(w.world)})  # unknown world keys fail here
+def curriculum_stages(data_config: mlc.ConfigDict) -> tuple[Mapping[str, Any], ...]:
+    """The checked `data.curriculum` stages: each a mapping with `steps` > 0 and `world`, the keys of a
+    `SyntheticWorld` to merge over every synthetic source's world. Stages may outlast a run (a run stopped
+    early with a smaller num_train_steps, then resumed, reads the same streams)."""
+    stages = tuple(data_config.get("curriculum") or ())
+    if stages and not any(s.get("kind") == "synthetic" for s in data_config.sources.values()):
+        raise ValueError("config.data.curriculum needs a synthetic source: its stages override the synthetic world")
+    for i, stage in enumerate(stages):
+        where = f"config.data.curriculum[{i}]"
+        if not isinstance(stage, Mapping):
+            raise ValueError(f"{where} must be a mapping {{steps, world}}, got {type(stage).__name__}")
+        unknown = sorted(set(stage) - {"steps", "world"})
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {unknown}; expected steps, world")
+        steps = stage.get("steps")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"{where}.steps={steps!r} must be an integer >= 1")
+        for spec in data_config.sources.values():
+            if spec.get("kind") == "synthetic":  # unknown world keys fail here
+                SyntheticWorld(**{**dict(spec.get("world") or {}), **dict(stage.get("world") or {})})
+    return stages
 
 
-def warmup_data_config(data_config: mlc.ConfigDict, task_names: tuple[str, ...]) -> mlc.ConfigDict | None:
-    """The data config of the warm-up stage (None when off): each synthetic world with `warmup.world`
-    merged over it, and the main stage's task names, so a task keeps its id across the two stages."""
-    w = data_config.get("warmup")
-    if w is None or not w.steps:
-        return None
-    d = mlc.ConfigDict(data_config.to_dict())
-    for spec in d.sources.values():
-        if spec.get("kind") == "synthetic":
-            spec.world = {**dict(spec.get("world") or {}), **dict(w.world)}
-    d.pipeline.task_names = tuple(task_names)
-    return d
+def check_curriculum(data_config: mlc.ConfigDict) -> None:
+    curriculum_stages(data_config)
+
+
+def curriculum_data_configs(data_config: mlc.ConfigDict, task_names: tuple[str, ...]
+                            ) -> list[tuple[int, mlc.ConfigDict]]:
+    """(steps, data config) of each curriculum stage: each synthetic world with the stage's `world` merged
+    over it, and the main data's task names, so a task keeps its id across stages."""
+    out = []
+    for stage in curriculum_stages(data_config):
+        d = mlc.ConfigDict(data_config.to_dict())
+        d.curriculum = ()
+        for spec in d.sources.values():
+            if spec.get("kind") == "synthetic":
+                spec.world = {**dict(spec.get("world") or {}), **dict(stage.get("world") or {})}
+        d.pipeline.task_names = tuple(task_names)
+        out.append((int(stage["steps"]), d))
+    return out
 
 
 def first_batches(data_config: mlc.ConfigDict, num_samples: int, seed: int) -> list[dict[str, Any]]:

@@ -163,14 +163,18 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     mc = effective_model_config(model_config, train_config)
     mesh = make_mesh(train_config.parallel)
     it = iter(pipe)
-    # Curriculum (`data.warmup`): the first `warm_steps` steps read an easier world's pipeline.
-    warm_data = data_lib.warmup_data_config(config.data, task_names)
-    warm_steps = config.data.warmup.steps if warm_data is not None else 0
-    warm_it = iter(data_lib.make_pipeline(warm_data, seed=train_config.seed)[0]) if warm_data is not None else None
+    # Curriculum (`data.curriculum`): each stage's steps read its (easier) world's pipeline, in order.
+    stage_ends, stage_its = [], []
+    for steps, stage_data in data_lib.curriculum_data_configs(config.data, task_names):
+        stage_ends.append((stage_ends[-1] if stage_ends else 0) + steps)
+        stage_its.append(iter(data_lib.make_pipeline(stage_data, seed=train_config.seed)[0]))
 
     def source(at_step: int):
         """The iterator that step `at_step + 1` reads from (whose state a checkpoint at `at_step` keeps)."""
-        return warm_it if at_step < warm_steps else it
+        for end, stage_it in zip(stage_ends, stage_its, strict=True):
+            if at_step < end:
+                return stage_it
+        return it
 
     kc = train_config.checkpoint
     ckpt = checkpoint_lib.Checkpointer(
@@ -219,10 +223,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             batch = next_batch(step)
             if step_fn is None:
                 step_fn = make_train_step(mc, train_config, mesh, batch_shapes=global_batch_shapes(batch))
-                # With a warm-up stage, probe the main world (a fixed unshuffled batch of it), not the first batch.
-                probe_batch = batch if not warm_steps else data_lib.first_batches(
+                # With a curriculum, probe the main world (a fixed unshuffled batch of it), not the first batch.
+                probe_batch = batch if not stage_ends else data_lib.first_batches(
                     config.data, 8 * config.data.pipeline.batch_size, seed=train_config.seed)[0]
-                probe = _make_probe(config, mc, probe_batch, k if not warm_steps else 1)
+                probe = _make_probe(config, mc, probe_batch, k if not stage_ends else 1)
             tokens, patches, text_pairs, vision_pairs = _batch_counts(batch, mc.vision)
             flops = metrics_lib.step_flops(mc, counts, tokens=tokens, patches=patches, text_pairs=text_pairs,
                                            vision_pairs=vision_pairs, trainable=trainable)

@@ -34,6 +34,7 @@ import ml_collections as mlc
 
 from vlm_jax.configs import experiment
 
+TINY_LENGTH_DIVISOR = 32
 # Full-scale batches are per process (pipeline.batch_size); token budgets -> steps assume this many.
 REFERENCE_PROCESSES = 64
 SCALES = ("full", "tiny")
@@ -45,7 +46,6 @@ class Stage:
     description: str
     previous: str  # stage whose exported params this one starts from ("" = none)
     seq_len: int  # full scale
-    tiny_seq_len: int
     tokens: float  # full-scale training tokens (SFT: samples x mean tokens, an estimate)
     trainable: tuple[str, ...]  # of "vision", "merger", "llm"
     lrs: Mapping[str, float]  # full-scale peak lr per module
@@ -53,6 +53,12 @@ class Stage:
     loss_normalization: str = "sqrt"
     sft: bool = False
     tiny_video_frames: int = 8  # longer synthetic videos for the long-context stages
+
+    @property
+    def tiny_seq_len(self) -> int:
+        """The full-scale length over `TINY_LENGTH_DIVISOR`: the stages keep the report's ratios (8K : 32K :
+        256K = 256 : 1024 : 8192 tokens), so S3 and SFT 256K rows (batch 4) are 32K-token steps on a CPU."""
+        return self.seq_len // TINY_LENGTH_DIVISOR
 
 
 _CAPTION_OCR = {"caption": 4.0, "ocr": 2.0, "chart_value": 1.0}
@@ -69,18 +75,18 @@ _ALL_PARTS = ("vision", "merger", "llm")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("s0_align", "S0 vision-language alignment: merger only, ViT and LLM frozen, 8K", "",
-          8192, 256, 67e9, ("merger",), {"merger": 1e-3, "llm": 0.0, "vision": 0.0}, _CAPTION_OCR),
+          8192, 67e9, ("merger",), {"merger": 1e-3, "llm": 0.0, "vision": 0.0}, _CAPTION_OCR),
     Stage("s1_multimodal", "S1 multimodal pre-training: everything trains, 8K", "s0_align",
-          8192, 256, 1e12, _ALL_PARTS, _PRETRAIN_LR, _ALL),
+          8192, 1e12, _ALL_PARTS, _PRETRAIN_LR, _ALL),
     Stage("s2_long", "S2 long-context pre-training: 32K, more text, video and multi-image", "s1_multimodal",
-          32768, 512, 1e12, _ALL_PARTS, {k: v / 2 for k, v in _PRETRAIN_LR.items()}, _LONG, tiny_video_frames=16),
+          32768, 1e12, _ALL_PARTS, {k: v / 2 for k, v in _PRETRAIN_LR.items()}, _LONG, tiny_video_frames=16),
     Stage("s3_ultralong", "S3 ultra-long adaptation: 256K, long video and documents", "s2_long",
-          262144, 1024, 100e9, _ALL_PARTS, {k: v / 2 for k, v in _PRETRAIN_LR.items()}, _ULTRA,
+          262144, 100e9, _ALL_PARTS, {k: v / 2 for k, v in _PRETRAIN_LR.items()}, _ULTRA,
           tiny_video_frames=32),
     Stage("sft_32k", "SFT at 32K: assistant-only loss, thinking or non-thinking format", "s3_ultralong",
-          32768, 512, 1.2e6 * 2500, _ALL_PARTS, _SFT_LR, _SFT, loss_normalization="token", sft=True),
+          32768, 1.2e6 * 2500, _ALL_PARTS, _SFT_LR, _SFT, loss_normalization="token", sft=True),
     Stage("sft_256k", "SFT at 256K: one epoch of long data mixed with the 32K data", "sft_32k",
-          262144, 1024, 0.3e6 * 8000, _ALL_PARTS, _SFT_LR, {**_SFT, **_ULTRA}, loss_normalization="token",
+          262144, 0.3e6 * 8000, _ALL_PARTS, _SFT_LR, {**_SFT, **_ULTRA}, loss_normalization="token",
           sft=True, tiny_video_frames=32),
 )}
 ORDER = tuple(STAGES)
@@ -161,6 +167,8 @@ def stage_config(stage: str, size: str = "8b", scale: str = "full", thinking: bo
         c.data.pipeline.processor.update(min_pixels=64 * 64, max_pixels=64 * 64)
         c.model.vision.attention_block = 64  # 16-patch frames; see synthetic_tiny.py
         t.remat_policy = "full"
+        if seq_len > 1024:
+            c.model.attention_impl = "xla_chunked"  # memory linear in the row length (kernels/chunked_attention.py)
     else:
         # Blocked ViT attention sized for frames up to 1024 x 1024 pixels; larger frames take the
         # (exact, slower) dense path. Keeps ViT attention memory linear in the patch buffer.

@@ -136,6 +136,10 @@ def default_config() -> mlc.ConfigDict:
     c.eval_splits = mlc.ConfigDict({"eval": 1000, "test": 1000})  # held-out split name -> size
     c.holdout_buckets = 16  # 1/16 of plan space is held out; <= 1 disables content hold-out
     c.max_attempts = 2000
+    # Probability that a single-turn question is written before its images instead of after them. With
+    # the question first, a causal decoder's visual tokens can read it, so each token can tell whether it
+    # shows what is asked about (the answer then pools only those); after the images they cannot.
+    c.question_first = 0.0
     c.tasks = mlc.ConfigDict(dict(DEFAULT_TASK_WEIGHTS))  # task -> mixture weight
     return c
 
@@ -210,6 +214,9 @@ class SyntheticWorld:
             raise ValueError("'train' cannot be a held-out split")
         self.holdout_buckets = int(cfg["holdout_buckets"])
         self.max_attempts = int(cfg["max_attempts"])
+        self.question_first = float(cfg["question_first"])
+        if not 0.0 <= self.question_first <= 1.0:
+            raise ValueError(f"question_first is a probability in [0, 1], got {self.question_first}")
         weights = {str(k): float(v) for k, v in cfg["tasks"].items() if float(v) > 0}
         unknown = sorted(set(weights) - set(T.TASKS))
         if unknown or not weights:
@@ -281,7 +288,11 @@ class SyntheticWorld:
             )
         parts = T.BUILDS[base](plan, rng, self)
         content: list[dict] = [{"type": m} for m in parts["media"]]
-        content.append({"type": "text", "text": parts["question"]})
+        question = {"type": "text", "text": parts["question"]}
+        if self._question_first(split, task, index):
+            content.insert(0, question)
+        else:
+            content.append(question)
         reply: dict = {"role": "assistant", "content": parts["answer_text"]}
         if name == "thinking":
             reply["reasoning"] = parts["reasoning"]
@@ -297,6 +308,13 @@ class SyntheticWorld:
             "answer": parts["answer"],
             "meta": meta,
         }
+
+    def _question_first(self, split: str, task: str | None, index: int) -> bool:
+        # Its own stream, so the order never changes which plan or pixels a sample gets.
+        if self.question_first <= 0.0 or self.question_first >= 1.0:
+            return self.question_first >= 1.0
+        rng = np.random.default_rng([self.seed, _code(split), _code(task or ""), index, _code("question_first")])
+        return bool(rng.random() < self.question_first)
 
     def samples(
         self, split: str = "train", n: int | None = None, start: int = 0, task: str | None = None
