@@ -89,7 +89,7 @@ def validate(c: mlc.ConfigDict) -> None:
     data_lib.pipeline_config(c.data, c.train.seed, None)
     for name, spec in _plain(c.data.sources).items():
         data_lib.source_config(name, spec)
-    data_lib.check_curriculum(c.data)
+    data_lib.curriculum_stages(c.data)  # checks every stage
     if c.log.every_steps < 1:
         raise ValueError(f"config.log.every_steps={c.log.every_steps} must be >= 1")
     if c.eval.tasks:

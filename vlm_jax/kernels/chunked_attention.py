@@ -24,6 +24,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.kernels.padding import pad_sequence
+
 # Block sizes along the query and key sequences (clipped to the lengths). Per block pair the
 # buffers are [B, H, block_q, block_kv] float32; 512 keeps the scans short on CPU and TPU alike.
 BLOCK_Q = 512
@@ -73,18 +75,12 @@ def chunked_attention(
     nq, nk = -(-t // bq), -(-s // bk)
     g = h // kh
     # Block-major layouts: [nq, B, K, G, bq, D] queries, [nk, B, K, bk, D] keys/values, [n, B, blk] ids.
-    qb = _pad(q, nq * bq).reshape(b, nq, bq, kh, g, d).transpose(1, 0, 3, 4, 2, 5)
-    kb, vb = (_pad(x, nk * bk).reshape(b, nk, bk, kh, d).transpose(1, 0, 3, 2, 4) for x in (k, v))
-    rows = lambda x, n, blk: _pad(x.astype(jnp.int32), n * blk).reshape(b, n, blk).transpose(1, 0, 2)
+    qb = pad_sequence(q, nq * bq).reshape(b, nq, bq, kh, g, d).transpose(1, 0, 3, 4, 2, 5)
+    kb, vb = (pad_sequence(x, nk * bk).reshape(b, nk, bk, kh, d).transpose(1, 0, 3, 2, 4) for x in (k, v))
+    rows = lambda x, n, blk: pad_sequence(x.astype(jnp.int32), n * blk).reshape(b, n, blk).transpose(1, 0, 2)
     out = _flash(qb, kb, vb, rows(q_seg, nq, bq), rows(kv_seg, nk, bk), rows(q_pos, nq, bq),
                  rows(kv_pos, nk, bk), causal)
     return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, nq * bq, h, d)[:, :t]
-
-
-def _pad(x, n):
-    """`x` padded with zeros (segment 0: padding) along axis 1 to length `n`."""
-    extra = n - x.shape[1]
-    return jnp.pad(x, ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2)) if extra else x
 
 
 def _block_mask(qs, qp, ks, kp, causal):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import attention as triton_attention
 
+from vlm_jax.kernels.padding import pad_sequence, self_segment_ids, zero_padding_rows
+
 # The kernel's default forward block; its backward blocks (32) divide it.
 BLOCK = 128
 
@@ -35,11 +37,11 @@ def gpu_attention(
         raise ValueError(f"gpu attention is self-attention: queries ({t}) and keys ({k.shape[1]}) differ in length")
     if h % kh:
         raise ValueError(f"{h} query heads is not a multiple of {kh} key/value heads")
-    seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    seg = self_segment_ids(segment_ids, b, t)
     n = -(-t // BLOCK) * BLOCK
-    pad = lambda x: jnp.pad(x, ((0, 0), (0, n - t)) + ((0, 0),) * (x.ndim - 2))
+    pad = lambda x: pad_sequence(x, n)
     # Query head j reads K/V head j // (H / K), as the grouped layout of `reference_attention`.
     k, v = (jnp.repeat(x, h // kh, axis=2) for x in (k, v))
     out = triton_attention.mha(pad(q), pad(k), pad(v), pad(seg), sm_scale=d ** -0.5, causal=causal,
                                interpret=interpret)[:, :t]
-    return jnp.where((seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
+    return zero_padding_rows(out, seg, q.dtype)

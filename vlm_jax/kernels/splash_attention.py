@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
+from vlm_jax.kernels.padding import pad_sequence, self_segment_ids, zero_padding_rows
+
 # Block size along both sequences (clipped to the padded length); MaxText's default. Blocks are
 # multiples of 128, the TPU lane width.
 BLOCK = 512
@@ -40,17 +42,17 @@ def splash_attention(
         raise ValueError(f"splash attention is self-attention: queries ({t}) and keys ({k.shape[1]}) differ in length")
     if block < 1 or block % LANES:
         raise ValueError(f"block={block} must be a positive multiple of {LANES}")
-    seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    seg = self_segment_ids(segment_ids, b, t)
     blk = min(block, -(-t // LANES) * LANES)
     n = -(-t // blk) * blk
-    pad = lambda x: jnp.pad(x, ((0, 0), (0, n - t)) + ((0, 0),) * (x.ndim - 2))
+    pad = lambda x: pad_sequence(x, n)
     # [B, L, H, D] -> [B, H, L, D], the kernel's layout.
     heads_major = lambda x: pad(x).transpose(0, 2, 1, 3)
     kernel = _kernel(n, h, causal, blk, interpret)
     ids = splash.SegmentIds(q=pad(seg), kv=pad(seg))
     out = jax.vmap(kernel)(heads_major(q * jnp.asarray(d ** -0.5, q.dtype)), heads_major(k), heads_major(v), ids)
     out = out.transpose(0, 2, 1, 3)[:, :t]
-    return jnp.where((seg != 0)[:, :, None, None], out, 0).astype(q.dtype)
+    return zero_padding_rows(out, seg, q.dtype)
 
 
 def _kernel(length, heads, causal, block, interpret):

@@ -153,10 +153,6 @@ def curriculum_stages(data_config: mlc.ConfigDict) -> tuple[Mapping[str, Any], .
     return stages
 
 
-def check_curriculum(data_config: mlc.ConfigDict) -> None:
-    curriculum_stages(data_config)
-
-
 def curriculum_data_configs(data_config: mlc.ConfigDict, task_names: tuple[str, ...]
                             ) -> list[tuple[int, mlc.ConfigDict]]:
     """(steps, data config) of each curriculum stage: each synthetic world with the stage's `world` merged
