@@ -33,7 +33,9 @@ setup(
     ],
     extras_require={
         # The numerical oracle: Hugging Face transformers on a CPU build of torch.
-        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.8", "torch==2.13.0", "transformers>=4.57"],
+        # papermill, jupytext, ipykernel: tests/test_notebooks.py runs and checks the colab/ notebooks.
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.8", "torch==2.13.0", "transformers>=4.57",
+                 "papermill>=2.6", "jupytext>=1.16", "ipykernel>=6"],
         "torch": ["torch==2.13.0", "transformers>=4.57"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],

@@ -11,7 +11,11 @@ held-out prediction in `<workdir>/eval/results.json` is matched with its scene).
    predictions are distributed alike whatever k is, the answer depends on how many objects there are and
    not on which of them match the question: `binding_gap` is the mean total-variation distance between
    the prediction distributions of different k at the same n (0: no binding; 1: fully separated).
-3. `attributes`: a ridge probe from each merged visual token to the colour and the shape of the object
+3. `categories`: counting exact match by what the question names (a colour, a shape, or both), and
+   grounding / pointing scores by what tells the target apart from the other objects: nothing to tell
+   (`alone`), its colour (`colour`), only its shape (`shape`: its colour is shared), or only both together
+   (`both`). A model that reads colour but not shape scores high on `colour` and low on `shape`.
+4. `attributes`: a ridge probe from each merged visual token to the colour and the shape of the object
    covering most of its cell (held-out accuracy on tokens over objects, beside the majority class). What
    the decoder could read, if it looked.
 """
@@ -78,6 +82,39 @@ def counting_table(predictions: list[dict], world: SyntheticWorld, split: str) -
             "binding_gap": binding_gap(table)}
 
 
+def count_category(plan: dict) -> str:
+    """What a count question names: "colour", "shape" or "both"."""
+    named = [k for k in ("color", "shape") if plan["category"].get(k)]
+    return {("color",): "colour", ("shape",): "shape", ("color", "shape"): "both"}[tuple(named)]
+
+
+def target_category(plan: dict) -> str:
+    """What tells a grounding target apart from the other objects: "alone" (no other object), "colour" (no
+    other object has its colour), "shape" (its colour is shared, its shape is not), "both" (only the pair)."""
+    objects, target = plan["objects"], plan["objects"][plan["target"]]
+    others = [o for i, o in enumerate(objects) if i != plan["target"]]
+    if not others:
+        return "alone"
+    if all(o["color"] != target["color"] for o in others):
+        return "colour"
+    return "shape" if all(o["shape"] != target["shape"] for o in others) else "both"
+
+
+def scores_by_category(predictions: list[dict], world: SyntheticWorld, split: str) -> dict:
+    """{task: {category: [items, mean score]}}: counting by `count_category`, grounding and pointing by
+    `target_category`."""
+    groups: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for p in predictions:
+        if p.get("task") == "count":
+            kind = count_category(world.sample(_index(p["id"]), split, "count")["meta"]["plan"])
+        elif p.get("family") in ("grounding", "pointing"):
+            kind = target_category(world.sample(_index(p["id"]), split, p["task"])["meta"]["plan"])
+        else:
+            continue
+        groups[p["task"]][kind].append(float(p["score"]))
+    return {t: {k: [len(v), round(float(np.mean(v)), 3)] for k, v in sorted(g.items())} for t, g in groups.items()}
+
+
 def cell_labels(plan: dict, rows: int, cols: int, cell: int) -> list[tuple[str, str]]:
     """(colour, shape) of the object covering most of each cell (at least a quarter of it), else ("bg", "bg")."""
     out = []
@@ -133,6 +170,7 @@ def run(args: flags.FlagValues) -> None:
     predictions = json.loads((workdir / "eval" / "results.json").read_text())["predictions"]
     print(json.dumps({"by_objects": scores_by_objects(predictions, world, args.split)}), flush=True)
     print(json.dumps({"counting": counting_table(predictions, world, args.split)}), flush=True)
+    print(json.dumps({"categories": scores_by_category(predictions, world, args.split)}), flush=True)
     if args.images:
         config, params, _ = load_model(workdir / "final")
         pc = processor_config_for(workdir / "final")

@@ -76,6 +76,7 @@ def _tower(c, params, px, grid):
     return np.asarray(merged)
 
 
+@pytest.mark.slow  # 11 s on 2 cores; `pytest -m slow` runs it
 def test_window_attention_confines_each_window():
     """With windowed attention in every layer, changing the pixels of one 64x64-pixel window
     changes only that window's merged tokens; with full attention it changes them all."""
@@ -113,6 +114,7 @@ def test_window_attention_with_full_layers_mixes_windows():
     assert diff.min() > 1e-6  # one full-attention layer spreads the change everywhere
 
 
+@pytest.mark.slow  # 25 s on 2 cores; `pytest -m slow` runs it
 def test_resampler_makes_fixed_token_count_per_image():
     c = small_config(merger="resampler", resampler_num_queries=4, deepstack=False,
                             **{"vision.deepstack_layers": ()})

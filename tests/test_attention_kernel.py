@@ -73,6 +73,7 @@ def test_dot_product_attention_matches_reference():
     chex.assert_trees_all_close(got, attn.reference_attention(q, k, v, mask), atol=1e-5)
 
 
+@pytest.mark.slow  # 15 s on 2 cores; `pytest -m slow` runs it
 def test_causal_chunks_skip_only_masked_blocks():
     # Long enough for the query-chunked causal path (rows cut off chunk edges, GQA, padding).
     b, t, h, kh, d = 2, 2 * attn.CAUSAL_CHUNK + 45, 4, 2, 8

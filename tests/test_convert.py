@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import flax.linen as nn
 import jax
@@ -79,11 +80,18 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, args, message):
     assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.fixture
-def exported(tmp_path):
+@pytest.fixture(scope="module")
+def _exported_once(tmp_path_factory):
     c = small_config()
-    hf.save_hf_checkpoint(init_params(c, jax.random.key(2)), c, tmp_path)
-    return tmp_path
+    path = tmp_path_factory.mktemp("exported")
+    hf.save_hf_checkpoint(init_params(c, jax.random.key(2)), c, path)
+    return path
+
+
+@pytest.fixture
+def exported(_exported_once, tmp_path):
+    """A fresh copy of one small HF export per test (tests edit it; the init compiles once)."""
+    return shutil.copytree(_exported_once, tmp_path / "exported")
 
 
 def _edit_tensors(path, fn):

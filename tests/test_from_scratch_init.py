@@ -36,6 +36,7 @@ def _config(**overrides):
     return model_config, batch
 
 
+@pytest.mark.slow  # 26 s on 2 cores; `pytest -m slow` runs it
 def test_sincos_position_grid_is_a_smooth_linear_code_of_row_and_col():
     config, _ = _config(**{"vision.pos_embed_init": "sincos", "vision.pos_embed_init_scale": 0.5})
     table = np.asarray(nn.unbox(init_params(config, jax.random.key(0)))["vision"]["pos_embed"])
@@ -94,6 +95,7 @@ def test_center_per_frame_removes_each_frames_mean_and_zeroes_padding():
     assert np.all(out[frame == 0] == 0.0)
 
 
+@pytest.mark.slow  # 45 s on 2 cores; `pytest -m slow` runs it
 def test_centred_model_tokens_have_zero_mean_per_image_and_a_shared_shift_cannot_reach_the_decoder():
     config, batch = _config(merger_center=True)
     params = nn.unbox(init_params(config, jax.random.key(0)))

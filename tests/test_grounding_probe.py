@@ -83,6 +83,7 @@ def test_attention_probe_reproduces_the_model_attention_output(tiny_box_batch):
             np.testing.assert_allclose(out, got["o_proj"][layer][r, c], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # 36 s on 2 cores; `pytest -m slow` runs it
 def test_attention_probe_reads_a_uniform_head_as_the_uniform_share(tiny_box_batch):
     import jax
 

@@ -87,6 +87,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert float(jnp.max(jnp.abs(a - b))) < 0.1
 
 
+@pytest.mark.slow  # 26 s on 2 cores; `pytest -m slow` runs it
 def test_kv_cache_decoding_matches_full_forward():
     """Prefill 10 tokens, decode 4 one at a time: logits equal the full forward's."""
     c = model_configs.get_config("tiny")
@@ -109,6 +110,7 @@ def test_kv_cache_decoding_matches_full_forward():
 
 
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+@pytest.mark.slow  # 33 s (dense + moe) on 2 cores; `pytest -m slow` runs it
 def test_padding_patches_do_not_change_features(moe):
     """Static-shape padding (extra zero patches and zero grid rows) leaves real features unchanged."""
     c = small_config(moe=moe)

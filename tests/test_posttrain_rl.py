@@ -120,6 +120,12 @@ def test_one_iteration_moves_the_params_and_logs_metrics(runs, init_dir):
     assert 0 < row["policy/gate_weight_mean"] <= 1 and row["policy/kl_to_start"] >= 0
     assert 0 < row["policy/response_length"] <= 8 and row["rollout/response_length"] <= 8
     assert os.listdir(os.path.join(summary["workdir"], "tensorboard"))
+    # The rollout's phases (benchmarks/rollout.py reads them): each took time, together at most the whole.
+    phases = [row[f"time/{k}_seconds"] for k in ("prompt", "generate", "reward")]
+    assert min(phases) > 0 and sum(phases) <= row["time/rollout_seconds"]
+    rows_drawn = row["rollout/prompts_drawn"] * 2  # G = 2
+    assert row["rollout/tokens"] == pytest.approx(row["rollout/response_length"] * rows_drawn)
+    assert 0 < row["rollout/tokens"] <= 8 * rows_drawn
 
 
 def test_stop_and_resume_equals_uninterrupted_run(runs):

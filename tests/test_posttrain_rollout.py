@@ -121,6 +121,7 @@ def test_greedy_logprobs_are_log_softmax_at_argmax(params, prompts):
         assert (r.logprobs[i] < 0).all()
 
 
+@pytest.mark.slow  # 15 s on 2 cores; `pytest -m slow` runs it
 def test_sampled_tokens_unchanged_and_logprobs_zero_after_stop(params, prompts, sampled):
     """Same seed with and without log-probs -> same tokens; a stop token ends the log-probs too."""
     r, _ = sampled[1.0]

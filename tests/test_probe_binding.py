@@ -1,4 +1,5 @@
-"""The binding diagnosis: the binding gap of counting predictions and the cell labels of the attribute probe."""
+"""The binding diagnosis: the binding gap of counting predictions, the question and target categories, and
+the cell labels of the attribute probe."""
 
 import collections
 import importlib.util
@@ -44,3 +45,45 @@ def test_ridge_probe_reads_a_linear_label_and_not_noise():
     noise = probe_binding.ridge_accuracy(rng.normal(size=signal.shape), labels)
     assert clean["accuracy"] > 0.95 and noise["accuracy"] < 0.7
     assert clean["tokens"] == sum(v != "bg" for v in labels[600:])
+
+
+def _obj(color, shape):
+    return {"color": color, "shape": shape, "x": 0, "y": 0, "s": 8}
+
+
+def test_count_category_names_what_the_question_names():
+    assert probe_binding.count_category({"category": {"shape": "square", "color": ""}}) == "shape"
+    assert probe_binding.count_category({"category": {"shape": "", "color": "red"}}) == "colour"
+    assert probe_binding.count_category({"category": {"shape": "circle", "color": "red"}}) == "both"
+
+
+def test_target_category_is_what_tells_the_target_apart():
+    red_circle, red_square, blue_circle = _obj("red", "circle"), _obj("red", "square"), _obj("blue", "circle")
+    cat = probe_binding.target_category
+    assert cat({"objects": [red_circle], "target": 0}) == "alone"
+    assert cat({"objects": [red_circle, blue_circle], "target": 0}) == "colour"  # shapes equal: colour tells
+    assert cat({"objects": [red_circle, red_square], "target": 1}) == "shape"
+    # Red is shared (red square) and circle is shared (blue circle): only the pair names it.
+    assert cat({"objects": [red_square, red_circle, blue_circle], "target": 1}) == "both"
+    assert cat({"objects": [red_square, red_circle, blue_circle], "target": 2}) == "colour"
+
+
+def test_scores_by_category_groups_each_prediction_with_its_scene():
+    plans = {("count", 0): {"category": {"shape": "", "color": "red"}},
+             ("count", 1): {"category": {"shape": "circle", "color": ""}},
+             ("ground_box", 2): {"objects": [_obj("red", "circle"), _obj("red", "square")], "target": 0},
+             ("ground_box", 3): {"objects": [_obj("red", "circle")], "target": 0}}
+
+    class World:
+        def sample(self, index, split, task):
+            assert split == "eval"
+            return {"meta": {"plan": plans[(task, index)]}}
+
+    preds = [{"id": "eval-count-0", "task": "count", "family": "counting", "score": 1.0},
+             {"id": "eval-count-1", "task": "count", "family": "counting", "score": 0.0},
+             {"id": "eval-ground_box-2", "task": "ground_box", "family": "grounding", "score": 0.0},
+             {"id": "eval-ground_box-3", "task": "ground_box", "family": "grounding", "score": 1.0},
+             {"id": "eval-ocr-4", "task": "ocr", "family": "ocr", "score": 1.0}]
+    assert probe_binding.scores_by_category(preds, World(), "eval") == {
+        "count": {"colour": [1, 1.0], "shape": [1, 0.0]},
+        "ground_box": {"alone": [1, 1.0], "shape": [1, 0.0]}}

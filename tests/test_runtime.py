@@ -23,7 +23,7 @@ x = jnp.ones((4096, 64), jnp.float32) / 64
 for _ in range(2):  # compile, then one call that grows the heap to the step's peak
     f(x).block_until_ready()
 faults = []
-for _ in range(3):
+for _ in range(5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -50,7 +50,9 @@ def test_cpu_settings_applied_and_steps_reuse_their_memory():
     assert got["temp_pages"] > 32 * 2**20 // 4096  # the probe really allocates above the mmap threshold
     # Once warm, a call reuses the heap: without the settings every call faults its whole
     # temporary buffer in again (one fault per 4 KiB page; measured: 32,800 a call here).
-    assert max(got["faults"]) < 0.05 * got["temp_pages"], got
+    # The median: now and then one warm call still faults the buffer in once (seen in CI and
+    # here: one call of five), where without the settings every call does.
+    assert sorted(got["faults"])[2] < 0.05 * got["temp_pages"], got
 
 
 def test_cpu_settings_can_be_turned_off_and_keep_the_users_flags():

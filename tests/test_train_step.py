@@ -128,6 +128,7 @@ def _even_positions_loss(model_out, batch, weight_total):
     return jnp.sum(jnp.where(keep, ce, 0.0)) / n, {"kept": n}
 
 
+@pytest.mark.slow  # 30 s on 2 cores; `pytest -m slow` runs it
 def test_custom_loss_plugs_in(mesh, params0):
     """make_train_step(loss_fn=...) optimises that loss: its value, gradient norm and first Adam
     update (lr * g / (|g| + eps), no clipping) match jax.grad of the same loss on the model directly."""

@@ -94,6 +94,7 @@ def test_model_with_blocked_vit_attention_matches_reference(oracle, reference, n
     assert err <= TOL, f"{name}, block {block}: max |logits - reference| = {err:.2e}"
 
 
+@pytest.mark.slow  # 21 s on 2 cores; `pytest -m slow` runs it
 def test_window_attention_ablation_blocked_equals_dense():
     kw = {"vision.attention": "window", "vision.window_size": 64, "vision.full_attention_layers": (2,)}
     c0, cb = small_config(**kw), small_config(**kw, **{"vision.attention_block": 16})

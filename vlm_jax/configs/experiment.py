@@ -34,6 +34,8 @@ from vlm_jax.data import processor as processor_lib
 # Checked by their own validators, on top of their bases: they may hold a subset of their keys. The
 # sources are named by the user (each checked against its kind's keys).
 _SECTIONS = ("model", "train", "data.pipeline", "data.sources")
+# Model keys the data pipeline reads through its processor config (prompt layout and MRoPE temporal ids).
+VIDEO_TIME_KEYS = ("video_time_encoding", "video_tokens_per_second")
 
 
 def base_config(size: str = "tiny") -> mlc.ConfigDict:
@@ -53,6 +55,10 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     p.update(seq_len=1024, batch_size=8, max_patches=2048, max_grids=64)
     p.seed = placeholder(int)  # None: train.seed
     p.processor.update(min_pixels=32 * 32, max_pixels=256 * 256)
+    # The data side's view of the model's video time encoding: references to the model's keys, so setting
+    # `model.video_time_encoding` (or `model.video_tokens_per_second`) sets both; `validate` checks they agree.
+    for key in VIDEO_TIME_KEYS:
+        p.processor[key] = c.model.get_ref(key)
     # Curriculum: stages ({"steps": N, "world": {...}}, ...) read in order before the main data; during a
     # stage every synthetic source's world is the stage's `world` merged over its own (same batch shapes,
     # task ids and seed). () = off.
@@ -82,11 +88,16 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
 def validate(c: mlc.ConfigDict) -> None:
     """Unknown or missing keys fail naming them; model, train, pipeline and source configs are validated in full."""
     check_keys(c, base_config(), "config", free=_SECTIONS)
-    model_config(c)
+    mc = model_config(c)
     train_config(c)
     from vlm_jax.train import data as data_lib
 
-    data_lib.pipeline_config(c.data, c.train.seed, None)
+    pc = data_lib.pipeline_config(c.data, c.train.seed, None).processor
+    for key in VIDEO_TIME_KEYS:
+        if pc[key] != mc[key]:
+            raise ValueError(f"config.data.pipeline.processor.{key}={pc[key]!r} differs from config.model.{key}="
+                             f"{mc[key]!r}: the pipeline would build prompts and positions the model is not "
+                             f"configured for; set config.model.{key} (base_config ties the processor's to it)")
     for name, spec in _plain(c.data.sources).items():
         data_lib.source_config(name, spec)
     data_lib.curriculum_stages(c.data)  # checks every stage

@@ -51,6 +51,7 @@ CHOICES = {
     "remat_policy": ("none", "full", "dots", "dots_no_batch", "minimal"),  # model/layers.py REMAT_POLICIES
     "attention_impl": ("xla", "xla_chunked", "splash", "gpu", "cudnn"),  # kernels/attention.py IMPLS
     "context_parallel": ("none", "all_gather", "ring"),  # parallel/context.py STRATEGIES
+    "video_time_encoding": ("timestamps", "absolute_time"),  # data/processor.py VIDEO_TIME_ENCODINGS
     "dtype": DTYPES,
     "param_dtype": DTYPES,
 }
@@ -137,6 +138,18 @@ def base_config() -> mlc.ConfigDict:
     # features) their mean over the frame. The decoder reads tokens through RMSNorm, i.e. by direction;
     # a shared component grown by the mergers makes every token of an image look alike (cosine ~1).
     c.merger_center = False
+
+    # How the decoder learns when a video frame was shown. "timestamps" (Qwen3-VL): the prompt has a text
+    # timestamp ("<1.0 seconds>") before each temporal group of 2 frames, each group its own
+    # vision_start/vision_end block whose MRoPE temporal id is the running position. "absolute_time" (the
+    # Qwen2.5-VL ablation): no timestamp text, a video is one block, and temporal group g gets the temporal
+    # id start + int(g * second_per_grid * video_tokens_per_second) (second_per_grid = temporal_patch_size /
+    # sampled fps), so ids follow time; text after a visual block continues at max(ids so far) + 1. Only the
+    # prompt layout and position ids change (no parameter does); the data side reads both keys through the
+    # processor config, whose values experiment configs tie to these (vlm_jax/configs/experiment.py).
+    c.video_time_encoding = "timestamps"  # "timestamps" | "absolute_time"
+    # absolute_time only: temporal ids per second of video (HF Qwen2.5-VL vision_config.tokens_per_second).
+    c.video_tokens_per_second = 2.0
 
     c.image_token_id = 151655
     c.video_token_id = 151656
@@ -242,6 +255,9 @@ def validate(c: mlc.ConfigDict) -> None:
         need(len(v.deepstack_layers) <= t.num_layers, "more DeepStack levels than decoder layers")
     for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
         need(0 <= c[k] < t.vocab_size, f"{k}={c[k]} outside the vocabulary (vocab_size={t.vocab_size})")
+    need(c.video_tokens_per_second > 0, f"video_tokens_per_second={c.video_tokens_per_second} must be > 0")
+    need(c.video_time_encoding == "absolute_time" or c.video_tokens_per_second == base_config().video_tokens_per_second,
+         f"video_tokens_per_second={c.video_tokens_per_second} is only used with video_time_encoding='absolute_time'")
     need(not c.context_parallel_load_balance or c.context_parallel != "none",
          "context_parallel_load_balance=True needs context_parallel 'all_gather' or 'ring'")
     if c.attention_impl in ("splash", "gpu") and not c.attention_interpret:

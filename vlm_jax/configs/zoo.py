@@ -30,7 +30,8 @@ def get_config(model: str = "student") -> mlc.ConfigDict:
     c.stage = f"zoo_{model}"
     c.model.name = f"qwen3-vl-zoo-{model}"
     c.description = f"zoo {model}: {'tiny' if model == 'student' else '7x tiny'} on the full default world"
-    c.data.sources.synthetic.world = {}  # the default world: every task family
+    # The default world (every task family), with the main job's binding lever: questions before images.
+    c.data.sources.synthetic.world = {"question_first": 1.0}
     # Videos (8 frames = 4 temporal patches of 64 patches) and multi-image samples need a larger buffer.
     c.data.pipeline.update(max_patches=6144, max_grids=160)
     t = c.train
@@ -39,6 +40,9 @@ def get_config(model: str = "student") -> mlc.ConfigDict:
                               full_attention_layers=(2, 5))
         c.model.text.update(hidden_size=256, intermediate_size=768, num_layers=8, num_heads=8, num_kv_heads=4)
         t.num_train_steps = 900  # ~3.5 s a step on 2 cores
+        # The main job's curriculum at two thirds of its length (333 steps): 500 of 900 would leave the full
+        # world too few; a larger model needs fewer steps to place and bind one or two objects.
+        c.data.curriculum = tuple({**dict(stage), "steps": stage["steps"] * 2 // 3} for stage in c.data.curriculum)
     else:
         t.num_train_steps = 3000  # ~1 s a step on 2 cores (videos and multi-image samples)
     t.checkpoint.every_steps = 300

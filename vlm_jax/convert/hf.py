@@ -149,6 +149,11 @@ def hf_config_from(c: mlc.ConfigDict) -> dict:
         raise ValueError("vision.attention='window' has no Qwen3-VL Hugging Face counterpart")
     if c.merger_center:
         raise ValueError("merger_center=True (visual tokens centred per frame) has no Hugging Face counterpart")
+    if c.video_time_encoding != "timestamps":
+        # Qwen3-VL's processor writes text timestamps and its get_rope_index has no time-scaled temporal ids:
+        # the exported model would read videos in a layout it was not trained on.
+        raise ValueError(f"video_time_encoding={c.video_time_encoding!r} (Qwen2.5-VL absolute-time video positions) "
+                         "has no Qwen3-VL Hugging Face counterpart; only 'timestamps' exports")
     t, v = c.text, c.vision
     moe = bool(t.num_experts)
     mt = "qwen3_vl_moe" if moe else "qwen3_vl"

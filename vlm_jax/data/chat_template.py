@@ -19,6 +19,8 @@ Vision expansion follows `Qwen3VLProcessor` as released with Qwen3-VL (transform
 per temporal group, `<timestamp><|vision_start|>` + h*w/merge**2 `<|video_pad|>` + `<|vision_end|>`.
 (transformers 5.x replaces only the `<|video_pad|>`, leaving an extra outer vision_start/vision_end
 around the groups; we keep the released behaviour, which docs/CONTRACTS.md specifies.)
+With `video_time_encoding="absolute_time"` (the Qwen2.5-VL ablation) a video is expanded as Qwen2.5-VL's
+processor does: `<|vision_start|>` + t*h*w/merge**2 `<|video_pad|>` + `<|vision_end|>`, no timestamps.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from vlm_jax.data.processor import TIMESTAMP_FORMATS, format_timestamp
+from vlm_jax.data.processor import TIMESTAMP_FORMATS, VIDEO_TIME_ENCODINGS, format_timestamp
 from vlm_jax.data.tokenizer import Tokenizer
 
 THINKING_FORMATS = ("standard", "thinking", "thinking_all_turns")
@@ -265,6 +267,7 @@ def tokenize_conversation(
     timestamp_format: str = "seconds",
     rng: np.random.Generator | None = None,
     sample_id: str | None = None,
+    video_time_encoding: str = "timestamps",
 ) -> dict:
     """Render, expand vision placeholders and tokenize -> dict(input_ids int32 [L], loss_mask bool [L]).
 
@@ -272,6 +275,8 @@ def tokenize_conversation(
     placeholder in rendering order; `video_timestamps[j]` has one time (seconds) per temporal group.
     `timestamp_format`: "seconds" (`<3.0 seconds>`), "hms" (`<00:00:03>`) or "random" (one of the two
     per video, drawn from `rng`). The text is tokenized as one string, as Hugging Face's processor does.
+    `video_time_encoding="absolute_time"`: each video is one block without timestamps (module docstring);
+    `video_timestamps` is then not used and may be empty.
 
     `loss_mask` is True on the tokens of each assistant response, from the first token after
     "<|im_start|>assistant\\n" through its "<|im_end|>" (reasoning and tool calls included), and False on
@@ -283,6 +288,9 @@ def tokenize_conversation(
     """
     if timestamp_format not in TIMESTAMP_FORMATS:
         raise ValueError(f"timestamp_format must be one of {TIMESTAMP_FORMATS}, got {timestamp_format!r}")
+    if video_time_encoding not in VIDEO_TIME_ENCODINGS:
+        raise ValueError(f"video_time_encoding must be one of {VIDEO_TIME_ENCODINGS}, got {video_time_encoding!r}")
+    stamped = video_time_encoding == "timestamps"
     pieces = _render_pieces(messages, add_generation_prompt, thinking, tools, add_vision_id)
     where = _describe(messages, sample_id)
     n_img = sum(_VISION_RE.findall(t).count(_IMAGE_PAD) for t, _ in pieces)
@@ -300,7 +308,7 @@ def tokenize_conversation(
     if n_vid != len(video_grids):
         raise ValueError(f"{where}: the conversation has {n_vid} video placeholders but {len(video_grids)} "
                          "video grids were given")
-    if len(video_timestamps) != len(video_grids):
+    if stamped and len(video_timestamps) != len(video_grids):
         raise ValueError(f"{where}: {len(video_grids)} video grids but {len(video_timestamps)} "
                          "timestamp lists")
     merge = merge_size**2
@@ -309,7 +317,7 @@ def tokenize_conversation(
             if min(t, h, w) <= 0 or h % merge_size or w % merge_size:
                 raise ValueError(f"{where}: {kind} {i} has grid (t={t}, h={h}, w={w}); t, h, w must be "
                                  f"positive and h, w multiples of merge_size={merge_size}")
-    for j, ((t, _, _), ts) in enumerate(zip(video_grids, video_timestamps)):
+    for j, ((t, _, _), ts) in enumerate(zip(video_grids, video_timestamps if stamped else ())):
         if len(ts) != t:
             raise ValueError(f"{where}: video {j} has {t} temporal groups but {len(ts)} timestamps")
 
@@ -331,6 +339,12 @@ def tokenize_conversation(
                 t, h, w = image_grids[n_images]
                 n_images += 1
                 texts.append(part)
+                trained.append(False)
+                pad_counts.append(t * h * w // merge)
+            elif not stamped:  # Qwen2.5-VL: the whole video in one block, time only in its position ids
+                t, h, w = video_grids[n_videos]
+                n_videos += 1
+                texts.append(part)  # the placeholder as written: only its pad widens, as Qwen2.5-VL's processor
                 trained.append(False)
                 pad_counts.append(t * h * w // merge)
             else:

@@ -101,7 +101,9 @@ def base_config() -> mlc.ConfigDict:
     Video: ``default_video_fps`` for frame lists without a rate; ``video_token_budget`` (visual tokens
     per video, None = the processor's plan); ``fit_videos`` shrinks videos (the processor's
     length-adaptive sampling) so that the sample fits ``seq_len`` and the vision buffer.
-    ``processor``: the image/video processor's keys (``processor.base_config()``).
+    ``processor``: the image/video processor's keys (``processor.base_config()``); its ``video_time_encoding``
+    'absolute_time' (the model's key, see vlm_jax/configs/model.py) writes videos without timestamps and
+    gives their temporal groups time-proportional MRoPE ids (``model.rope.get_rope_index``).
     ``weights``: mixture weights {name: weight} when ``source`` is a mapping of named sources.
     """
     c = packing_lib.base_config()
@@ -335,6 +337,7 @@ def _tokenize_messages(conv: _Conversation, tokenizer: Any, config: PipelineConf
             timestamp_format=pcfg.timestamp_format,
             rng=np.random.default_rng([config.seed, int(index)]),
             sample_id=str(conv.sid),
+            video_time_encoding=pcfg.video_time_encoding,
         )
     except ValueError as e:
         msg = str(e)
@@ -425,16 +428,22 @@ def _process_visuals(conv: _Conversation, budgets: Sequence[int | None], video_g
     return outs
 
 
+def video_runs(video_grids: Sequence[Sequence[int]], video_time_encoding: str) -> list[int]:
+    """Placeholder runs of each video: one per temporal group with timestamps (Qwen3-VL), one in all
+    with absolute time (Qwen2.5-VL)."""
+    return [int(g[0]) if video_time_encoding == "timestamps" else 1 for g in video_grids]
+
+
 def _vision_in_placeholder_order(conv: _Conversation, ids: np.ndarray, outs: Mapping[str, list[dict]],
-                                 video_grids: Sequence, image_id: int, video_id: int, patch_dim: int
+                                 video_grids: Sequence, image_id: int, video_id: int, pcfg: Any
                                  ) -> dict[str, np.ndarray]:
     """``pixel_values`` and ``grid_thw`` of the visuals in the order their placeholders appear."""
-    order = visual_order(ids, image_id, video_id, [g[0] for g in video_grids])
+    order = visual_order(ids, image_id, video_id, video_runs(video_grids, pcfg.video_time_encoding))
     expected = [("image", i) for i in range(len(conv.images))] + [("video", j) for j in range(len(conv.videos))]
     if sorted(order) != sorted(expected):
         raise SampleError("placeholder_mismatch", f"sample {conv.sid}: placeholder tokens do not match the visuals")
     if not order:
-        return _empty_vision(patch_dim)
+        return _empty_vision(pcfg.patch_dim)
     return {
         "pixel_values": np.concatenate([np.asarray(outs[kind][i]["pixel_values"], np.float32) for kind, i in order]),
         "grid_thw": np.concatenate([np.asarray(outs[kind][i]["grid_thw"], np.int32).reshape(1, 3)
@@ -443,10 +452,12 @@ def _vision_in_placeholder_order(conv: _Conversation, ids: np.ndarray, outs: Map
 
 
 def _position_ids(conv: _Conversation, ids: np.ndarray, video_grids: Sequence, image_id: int, video_id: int,
-                  merge: int) -> np.ndarray:
-    """MRoPE positions int32 [3, L] of this sample alone (``get_rope_index``)."""
+                  pcfg: Any, video_seconds: Sequence[float]) -> np.ndarray:
+    """MRoPE positions int32 [3, L] of this sample alone (``get_rope_index``); with absolute time, the
+    videos' temporal ids follow ``video_seconds`` (seconds per temporal group of each video)."""
     from vlm_jax.model.rope import get_rope_index
 
+    absolute = pcfg.video_time_encoding == "absolute_time" and bool(conv.videos)
     try:
         position_ids, _ = get_rope_index(
             ids[None],
@@ -454,7 +465,9 @@ def _position_ids(conv: _Conversation, ids: np.ndarray, video_grids: Sequence, i
             np.asarray(video_grids, np.int32).reshape(-1, 3) if conv.videos else None,
             image_token_id=image_id,
             video_token_id=video_id,
-            spatial_merge_size=merge,
+            spatial_merge_size=pcfg.merge_size,
+            second_per_grid_ts=list(video_seconds) if absolute else None,
+            tokens_per_second=pcfg.video_tokens_per_second if absolute else None,
         )
     except ValueError as e:
         raise SampleError("placeholder_mismatch", f"sample {conv.sid}: {e}") from e
@@ -500,11 +513,12 @@ def tokenize_sample(
     ids, loss_mask = _check_fits(conv, tok, n_patches, config)
     outs = _process_visuals(conv, budgets, video_grids, pcfg)  # pixels only now that the sample fits
     image_id, video_id = _special_id(tokenizer, IMAGE_PAD), _special_id(tokenizer, VIDEO_PAD)
-    vision = _vision_in_placeholder_order(conv, ids, outs, video_grids, image_id, video_id, pcfg.patch_dim)
+    vision = _vision_in_placeholder_order(conv, ids, outs, video_grids, image_id, video_id, pcfg)
+    seconds = [o["second_per_grid"] for o in outs["video"]]
     return {
         "input_ids": ids,
         "loss_mask": loss_mask,
-        "position_ids": _position_ids(conv, ids, video_grids, image_id, video_id, pcfg.merge_size),
+        "position_ids": _position_ids(conv, ids, video_grids, image_id, video_id, pcfg, seconds),
         **vision,
         "task_id": int(task_id),
     }

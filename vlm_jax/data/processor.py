@@ -36,6 +36,10 @@ from vlm_jax.configs.validate import check_keys, merge
 
 RESAMPLE_BACKENDS = ("pil", "torch")
 TIMESTAMP_FORMATS = ("seconds", "hms", "random")
+# How video time reaches the language model (the model config's `video_time_encoding`): "timestamps"
+# (Qwen3-VL: a text timestamp before each temporal group) | "absolute_time" (Qwen2.5-VL: no timestamp text,
+# MRoPE temporal ids proportional to time, see `model.rope.get_rope_index`).
+VIDEO_TIME_ENCODINGS = ("timestamps", "absolute_time")
 # Qwen-VL rejects images whose long side is more than this many times the short side.
 MAX_ASPECT_RATIO = 200
 
@@ -73,6 +77,11 @@ def base_config() -> mlc.ConfigDict:
     c.video_min_tokens_per_frame = 128
     # How the pipeline renders video timestamps (`tokenize_conversation(timestamp_format=...)`).
     c.timestamp_format = "seconds"  # "seconds" | "hms" | "random"
+    # The model's `video_time_encoding` and `video_tokens_per_second` as the data side needs them (prompt
+    # layout, MRoPE temporal ids). Experiment configs make these references to the model's keys, so they
+    # are set there, once; see vlm_jax/configs/model.py.
+    c.video_time_encoding = "timestamps"  # "timestamps" | "absolute_time"
+    c.video_tokens_per_second = 2.0
     c.factor = c.get_ref("patch_size") * c.get_ref("merge_size")  # side of one visual token in pixels (32)
     c.patch_dim = 3 * c.get_ref("temporal_patch_size") * c.get_ref("patch_size") ** 2  # values per patch (1536)
     return c
@@ -110,6 +119,11 @@ def validate(c: mlc.ConfigDict, where: str = "processor") -> None:
             raise ValueError(f"{where}.{name} must be one of {RESAMPLE_BACKENDS}, got {c[name]!r}")
     if c.timestamp_format not in TIMESTAMP_FORMATS:
         raise ValueError(f"{where}.timestamp_format must be one of {TIMESTAMP_FORMATS}, got {c.timestamp_format!r}")
+    if c.video_time_encoding not in VIDEO_TIME_ENCODINGS:
+        raise ValueError(f"{where}.video_time_encoding must be one of {VIDEO_TIME_ENCODINGS}, "
+                         f"got {c.video_time_encoding!r}")
+    if not c.video_tokens_per_second > 0:
+        raise ValueError(f"{where}.video_tokens_per_second must be positive, got {c.video_tokens_per_second}")
     if len(c.image_mean) != 3 or len(c.image_std) != 3:
         raise ValueError(f"{where}.image_mean and image_std need 3 values (R, G, B)")
     derived = {"factor": (c.patch_size * c.merge_size, "patch_size * merge_size"),
@@ -484,9 +498,22 @@ def frame_timestamps(indices: np.ndarray | Sequence[int], video_fps: float,
     return [(ts[i] + ts[i + temporal_patch_size - 1]) / 2 for i in range(0, len(ts), temporal_patch_size)]
 
 
+def seconds_per_grid(num_sampled: int, num_frames: int, video_fps: float, temporal_patch_size: int = 2) -> float:
+    """Seconds one temporal group spans, as Qwen2.5-VL's processor reports them (`second_per_grid_ts`).
+
+    `temporal_patch_size / sampled_fps`, with `sampled_fps = num_sampled / num_frames * video_fps` (HF's
+    `VideoMetadata.sampled_fps`, qwen-vl-utils' `sample_fps`): `num_sampled` frames picked from a clip of
+    `num_frames` frames at `video_fps`.
+    """
+    if num_sampled < 1 or num_frames < 1 or not video_fps > 0:
+        raise ValueError(f"seconds_per_grid needs num_sampled, num_frames >= 1 and video_fps > 0, got "
+                         f"{num_sampled}, {num_frames}, {video_fps}")
+    return temporal_patch_size / (num_sampled / num_frames * video_fps)
+
+
 def process_video(frames: np.ndarray, video_fps: float, cfg: ProcessorConfig = DEFAULT_CONFIG,
                   token_budget: int | None = None, sample: bool = True) -> dict:
-    """A decoded video -> dict(pixel_values, grid_thw [1, 3], timestamps, frame_indices).
+    """A decoded video -> dict(pixel_values, grid_thw [1, 3], timestamps, frame_indices, second_per_grid).
 
     `frames`: uint8 `[T, H, W, 3]` (grey/RGBA accepted), every frame of the clip at `video_fps`, or a lazy
     video of that shape (`sources.VideoFile`), of which only the used frames are decoded.
@@ -494,7 +521,8 @@ def process_video(frames: np.ndarray, video_fps: float, cfg: ProcessorConfig = D
     with `sample=False` all given frames are used. `token_budget` bounds the visual tokens: see
     `plan_video` for how frames and resolution shrink to fit. `timestamps` (seconds, one per temporal
     group) render as `<t.t seconds>` before each group; `frame_indices` are the frames used, padded
-    to a multiple of temporal_patch_size by repeating the last one.
+    to a multiple of temporal_patch_size by repeating the last one; `second_per_grid` is the seconds per
+    temporal group that Qwen2.5-VL's absolute-time positions use (`seconds_per_grid`).
     """
     # A lazy video (`sources.VideoFile`: a shape, and indexing that decodes) is planned on its shape and
     # only the planned frames are read; an array is checked first.
@@ -513,6 +541,7 @@ def process_video(frames: np.ndarray, video_fps: float, cfg: ProcessorConfig = D
         "grid_thw": grid,
         "timestamps": frame_timestamps(padded_idx, video_fps, cfg.temporal_patch_size),
         "frame_indices": padded_idx,
+        "second_per_grid": seconds_per_grid(len(idx), arr.shape[0], video_fps, cfg.temporal_patch_size),
     }
 
 

@@ -103,7 +103,8 @@ def split_grids(prompts: Sequence[Sequence[int]], grid_thw: np.ndarray | None, c
                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Splits the placeholder-ordered `grid_thw` (docs/CONTRACTS.md) into image and video grids for
     `get_rope_index`: an entry whose next placeholder run is `<|image_pad|>` is an image; a video
-    entry with t temporal groups spans t runs of `<|video_pad|>`."""
+    entry with t temporal groups spans t runs of `<|video_pad|>` (one run with
+    `video_time_encoding="absolute_time"`)."""
     if grid_thw is None:
         return None, None
     grid = np.asarray(grid_thw).reshape(-1, 3)
@@ -122,11 +123,23 @@ def split_grids(prompts: Sequence[Sequence[int]], grid_thw: np.ndarray | None, c
             r += 1
         else:
             videos.append(row)
-            r += int(row[0])
+            r += int(row[0]) if config.video_time_encoding == "timestamps" else 1
     if r != len(runs):
         raise ValueError(f"the prompts hold {len(runs)} visual placeholder runs but grid_thw covers {r}")
     as_arr = lambda xs: np.asarray(xs, np.int64).reshape(-1, 3) if xs else None
     return as_arr(images), as_arr(videos)
+
+
+def video_time_args(config: mlc.ConfigDict, second_per_grid_ts: Sequence[float] | None, n_videos: int) -> dict:
+    """`get_rope_index`'s absolute-time arguments under `config.video_time_encoding`: none with timestamps;
+    with "absolute_time", the seconds per temporal group of each of the `n_videos` videos (required) and
+    `config.video_tokens_per_second`."""
+    if config.video_time_encoding == "timestamps" or not n_videos:
+        return {}
+    if second_per_grid_ts is None:
+        raise ValueError("video_time_encoding='absolute_time' needs second_per_grid_ts, the seconds per temporal "
+                         "group of each video (`Prompt.second_per_grid_ts`, `batch_prompts` passes it)")
+    return {"second_per_grid_ts": list(second_per_grid_ts), "tokens_per_second": config.video_tokens_per_second}
 
 
 def _as_prompt_list(prompts, attention_mask) -> list[np.ndarray]:
@@ -361,6 +374,7 @@ def generate(
     attention_mask: np.ndarray | None = None,
     pixel_values: np.ndarray | None = None,
     grid_thw: np.ndarray | None = None,
+    second_per_grid_ts: Sequence[float] | None = None,
     preset: str | SamplingConfig = "greedy",
     max_new_tokens: int | None = None,
     temperature: float | None = None,
@@ -384,6 +398,8 @@ def generate(
     prompts: a list of token-id sequences (any lengths), or a 2D array with `attention_mask`
       (padding on either side is stripped). Visual inputs follow docs/CONTRACTS.md: `pixel_values`
       [P, 1536] and `grid_thw` [M, 3] for every image/video of the batch, in placeholder order.
+    second_per_grid_ts: seconds per temporal group of each video, in order (`batch_prompts` gives it);
+      used only by a model with `video_time_encoding="absolute_time"`, which needs it.
     preset: "instruct" | "thinking" | "greedy" or a SamplingConfig; the keyword overrides
       (temperature, top_k, ..., max_new_tokens) replace single fields (None keeps the preset's).
     stop_tokens: ids that end a row (emitted, then `pad_token_id`). rng: a PRNG key or int seed.
@@ -431,9 +447,10 @@ def generate(
     else:
         check_visual_inputs(config, ids, None, None)
         px = grid = None
+    video_time = video_time_args(config, second_per_grid_ts, 0 if vgrid is None else len(vgrid))
     positions, _ = rope.get_rope_index(ids, igrid, vgrid, mask, image_token_id=config.image_token_id,
                                        video_token_id=config.video_token_id,
-                                       spatial_merge_size=config.vision.spatial_merge_size)
+                                       spatial_merge_size=config.vision.spatial_merge_size, **video_time)
 
     key = jax.random.key(int(rng)) if isinstance(rng, int | np.integer) else rng
     in_think = np.asarray([thinking_budget is not None and thinking_budget.prompt_in_think(r.tolist())

@@ -24,7 +24,7 @@ import tokenizers
 
 from vlm_jax.data import processor as proc
 from vlm_jax.data.chat_template import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, render_text, tokenize_conversation
-from vlm_jax.data.pipeline import visual_order
+from vlm_jax.data.pipeline import video_runs, visual_order
 from vlm_jax.data.sources import SampleError
 from vlm_jax.data.tokenizer import Tokenizer
 
@@ -35,11 +35,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 @dataclasses.dataclass(frozen=True)
 class Prompt:
     """input_ids: the prompt tokens; pixel_values float32 [N, patch_dim] and grid_thw int32 [K, 3]
-    of its images and videos in placeholder order (N = K = 0 for text)."""
+    of its images and videos in placeholder order (N = K = 0 for text); second_per_grid_ts: seconds per
+    temporal group of each video, in order (what a model with `video_time_encoding="absolute_time"` needs)."""
 
     input_ids: list[int]
     pixel_values: np.ndarray
     grid_thw: np.ndarray
+    second_per_grid_ts: tuple[float, ...] = ()
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -120,11 +122,12 @@ def build_prompt(
         video_timestamps=[o["timestamps"] for o in outs["video"]],
         thinking=thinking, add_generation_prompt=True, merge_size=pcfg.merge_size,
         # "random" is a training augmentation; prompts are deterministic.
-        timestamp_format="seconds" if pcfg.timestamp_format == "random" else pcfg.timestamp_format)
+        timestamp_format="seconds" if pcfg.timestamp_format == "random" else pcfg.timestamp_format,
+        video_time_encoding=pcfg.video_time_encoding)
     ids = np.asarray(tokens["input_ids"], np.int32)
-    video_t = [int(np.asarray(o["grid_thw"]).reshape(3)[0]) for o in outs["video"]]
+    runs = video_runs([np.asarray(o["grid_thw"]).reshape(3) for o in outs["video"]], pcfg.video_time_encoding)
     try:
-        order = visual_order(ids, tok.image_pad_id, tok.video_pad_id, video_t)
+        order = visual_order(ids, tok.image_pad_id, tok.video_pad_id, runs)
     except SampleError as e:
         raise ValueError(f"placeholder tokens do not match the images and videos: {e.detail}") from e
     pixel_values = [np.asarray(outs[kind][i]["pixel_values"], np.float32) for kind, i in order]
@@ -133,19 +136,23 @@ def build_prompt(
         input_ids=ids.tolist(),
         pixel_values=np.concatenate(pixel_values) if pixel_values else np.zeros((0, pcfg.patch_dim), np.float32),
         grid_thw=np.concatenate(grid_thw) if grid_thw else np.zeros((0, 3), np.int32),
+        second_per_grid_ts=tuple(float(outs["video"][i]["second_per_grid"]) for kind, i in order if kind == "video"),
     )
 
 
 def batch_prompts(prompts: Sequence[Prompt]) -> dict[str, Any]:
     """`generate`'s inputs for several prompts: `prompts` (token lists) and the rows' vision inputs
-    concatenated in row order (None for a text-only batch). Use as `generate(config, params, **batch)`."""
+    concatenated in row order (None for a text-only batch; `second_per_grid_ts` None without videos).
+    Use as `generate(config, params, **batch)`."""
     if not prompts:
         raise ValueError("batch_prompts needs at least one prompt")
     grids = [p.grid_thw for p in prompts if len(p.grid_thw)]
+    seconds = [s for p in prompts for s in p.second_per_grid_ts]
     return {
         "prompts": [list(p.input_ids) for p in prompts],
         "pixel_values": np.concatenate([p.pixel_values for p in prompts if len(p.grid_thw)]) if grids else None,
         "grid_thw": np.concatenate(grids) if grids else None,
+        "second_per_grid_ts": seconds or None,
     }
 
 

@@ -6,6 +6,8 @@ Also `get_rope_index`, the pure numpy function that assigns each token its 3-com
 (t, h, w) position, following Qwen3-VL: text advances one step per token; a vision block
 (an image, or one temporal group of a video) gets t = start, h = start + row, w = start + col
 on the merged-token grid; the text after it continues at max(previous positions) + 1.
+With `second_per_grid_ts` it follows Qwen2.5-VL instead (the `video_time_encoding="absolute_time"`
+ablation): a video is one block whose temporal group g gets t = start + int(g * seconds * tokens_per_second).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -164,6 +166,8 @@ def get_rope_index(
     image_token_id: int,
     video_token_id: int,
     spatial_merge_size: int = 2,
+    second_per_grid_ts: Sequence[float] | np.ndarray | None = None,
+    tokens_per_second: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """MRoPE position ids [3, B, S] and rope deltas [B, 1] for a batch of token rows.
 
@@ -172,16 +176,27 @@ def get_rope_index(
     which must be its own run of `<|video_pad|>` tokens (Qwen3-VL puts a text timestamp and
     vision_start/end around every group). Padding (attention_mask == 0) gets position 0 and
     is skipped. The delta is what decoding adds to the running index: max position + 1 - length.
+
+    Qwen2.5-VL's absolute time (`video_time_encoding="absolute_time"`): give `second_per_grid_ts`, the
+    seconds per temporal group of each video (`processor.seconds_per_grid`), and `tokens_per_second`.
+    Each video is then one run of `<|video_pad|>` tokens whose group g has temporal id
+    start + int(g * tokens_per_second * second_per_grid_ts[video]) (`absolute_time_ids`), and the text
+    after any visual block continues at max(positions so far) + 1, as in the released Qwen2.5-VL code
+    (transformers 5.24 continues at start + max(h, w) instead, below the later frames' temporal ids).
     """
     input_ids = np.asarray(input_ids)
     if input_ids.ndim == 1:
         input_ids = input_ids[None]
     b, s = input_ids.shape
     mask = np.ones((b, s), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    absolute = second_per_grid_ts is not None
+    if absolute and not (tokens_per_second is not None and tokens_per_second > 0):
+        raise ValueError(f"second_per_grid_ts (absolute time) needs tokens_per_second > 0, got {tokens_per_second}")
     grids = {
         IMAGE: _grid_list(image_grid_thw, split_time=False),
-        VIDEO: _grid_list(video_grid_thw, split_time=True),
+        VIDEO: _grid_list(video_grid_thw, split_time=not absolute),
     }
+    video_seconds = _video_seconds(second_per_grid_ts, len(grids[VIDEO])) if absolute else None
     used = {IMAGE: 0, VIDEO: 0}
     names = {IMAGE: "image", VIDEO: "video"}
     merge = spatial_merge_size
@@ -203,15 +218,19 @@ def get_rope_index(
                         f"row {row}: more {names[kind]} placeholder runs than {names[kind]} grids "
                         f"({len(grids[kind])} given; video grids count one per temporal group)")
                 t, h, w = grids[kind][used[kind]]
+                times = (absolute_time_ids(t, video_seconds[used[kind]], tokens_per_second)
+                         if absolute and kind == VIDEO else np.arange(t))
                 used[kind] += 1
                 gh, gw = h // merge, w // merge
                 if n != t * gh * gw:
                     raise ValueError(
                         f"row {row}, token {start}: a run of {n} {names[kind]} placeholder tokens, but its grid "
                         f"(t={t}, h={h}, w={w}) makes {t * gh * gw} merged tokens")
-                tt, hh, ww = np.meshgrid(np.arange(t), np.arange(gh), np.arange(gw), indexing="ij")
-                pieces.append(np.stack([tt.ravel(), hh.ravel(), ww.ravel()]).astype(np.int32) + pos)
-                pos += max(gh, gw)
+                tt, hh, ww = np.meshgrid(times, np.arange(gh), np.arange(gw), indexing="ij")
+                block = np.stack([tt.ravel(), hh.ravel(), ww.ravel()]).astype(np.int32) + pos
+                pieces.append(block)
+                # Qwen3-VL's blocks have t = 1, so max + 1 = pos + max(gh, gw); Qwen2.5-VL's may reach further.
+                pos = int(block.max()) + 1 if absolute else pos + max(gh, gw)
             start += n
         llm = np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.int32)
         position_ids[:, row, mask[row]] = llm
@@ -222,6 +241,22 @@ def get_rope_index(
                 f"{len(grids[kind])} {names[kind]} grids given but only {used[kind]} {names[kind]} placeholder "
                 "runs found in input_ids")
     return position_ids, deltas
+
+
+def absolute_time_ids(t: int, second_per_grid: float, tokens_per_second: float) -> np.ndarray:
+    """Qwen2.5-VL temporal ids (from 0) of a video's `t` temporal groups: int(g * tokens_per_second *
+    second_per_grid), in float32 and truncated, as transformers computes them."""
+    step = np.float32(tokens_per_second) * np.float32(second_per_grid)
+    return (np.arange(t, dtype=np.float32) * step).astype(np.int64)
+
+
+def _video_seconds(second_per_grid_ts, n_videos: int) -> list[float]:
+    """`second_per_grid_ts` checked: one finite, positive number of seconds per video grid."""
+    seconds = np.asarray(second_per_grid_ts, np.float64).reshape(-1)
+    if len(seconds) != n_videos or not np.all(np.isfinite(seconds) & (seconds > 0)):
+        raise ValueError(f"second_per_grid_ts needs one positive number of seconds per video: {n_videos} video "
+                         f"grids, got {seconds.tolist()}")
+    return seconds.tolist()
 
 
 def _grid_list(grid_thw: np.ndarray | None, split_time: bool) -> list[tuple[int, int, int]]:

@@ -272,7 +272,10 @@ class Rollouts:
     finished: np.ndarray  # per row drawn
     counts: dict[str, int]  # groups dropped, by reason (`select_groups`)
     rounds: int
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole collection; of it, by phase summed over rounds:
+    prompt_seconds: float = 0.0  # drawing and tokenising prompts (images rendered and processed)
+    generate_seconds: float = 0.0  # `rollout`: jitted generation, sampler log-probs included
+    reward_seconds: float = 0.0  # decoding replies, rewards, group selection
 
 
 class _Setup:
@@ -309,12 +312,15 @@ def collect(s: _Setup, params: Any, iteration: int, cursor: int) -> tuple[Rollou
     out = Rollouts([], [], np.zeros((0, G)), np.zeros((0, G), bool), [], [], np.zeros(0, bool),
                    dict.fromkeys(("too_easy", "all_wrong", "no_signal", "unusable"), 0), 0)
     while True:
+        t_prompts = time.perf_counter()
         prompts = draw_prompts(s.world, cursor, P, s.tokenizer, s.processor, r.seq_len, r.max_new_tokens)
         cursor += P
+        t_generate = time.perf_counter()
         rb = rollout(s.mc, params, [p.prompt for p in prompts], group_size=G, max_new_tokens=r.max_new_tokens,
                      sampling=SamplingConfig(temperature=r.temperature), stop_tokens=s.stop,
                      pad_token_id=s.tokenizer.pad_id, rng=jax.random.fold_in(key, out.rounds))
         out.rounds += 1
+        t_reward = time.perf_counter()
         replies = [harness.decode_reply(s.tokenizer, x, s.stop) for x in rb.completions]
         rewards = np.asarray([s.reward_fn(prompts[p].sample, reply) for p, reply in zip(rb.prompt_index, replies)],
                              np.float64).reshape(P, G)
@@ -331,6 +337,9 @@ def collect(s: _Setup, params: Any, iteration: int, cursor: int) -> tuple[Rollou
         for g in np.flatnonzero(keep)[:P - len(out.kept)]:
             out.kept.append(select_rows(rb, range(g * G, (g + 1) * G)))
             out.kept_rewards.append(rewards[g])
+        out.prompt_seconds += t_generate - t_prompts
+        out.generate_seconds += t_reward - t_generate
+        out.reward_seconds += time.perf_counter() - t_reward
         if len(out.kept) >= P or not f.dynamic_sampling or out.rounds >= f.max_rounds:
             break
     out.seconds = time.perf_counter() - t0
@@ -385,7 +394,7 @@ def iteration_metrics(ro: Rollouts, steps: Sequence[Mapping[str, float]]) -> dic
     row = {"reward/mean": float(ro.rewards.mean()), "pass_rate/mean": float(ro.correct.mean()),
            "groups/kept": len(ro.kept), **{f"groups/{name}": v for name, v in ro.counts.items()},
            "rollout/rounds": ro.rounds, "rollout/prompts_drawn": ro.rounds * P,
-           "rollout/response_length": _mean(ro.lengths),
+           "rollout/response_length": _mean(ro.lengths), "rollout/tokens": int(np.sum(ro.lengths)),
            "rollout/truncated_fraction": float(1.0 - ro.finished.mean())}
     tasks = np.asarray(ro.tasks)
     for task in sorted(set(ro.tasks)):
@@ -400,6 +409,9 @@ def iteration_metrics(ro: Rollouts, steps: Sequence[Mapping[str, float]]) -> dic
     if steps:
         row.update({name: v for name, v in steps[-1].items() if name.startswith("lr_")})
     row["time/rollout_seconds"] = ro.seconds
+    row["time/prompt_seconds"] = ro.prompt_seconds
+    row["time/generate_seconds"] = ro.generate_seconds
+    row["time/reward_seconds"] = ro.reward_seconds
     return row
 
 
@@ -412,10 +424,11 @@ def run(config: mlc.ConfigDict, workdir: str, *, reward_fn: RewardFn | None = No
     mesh's devices (default all); compiler_options: XLA options of the train step (tests: CPU_FAST_COMPILE).
 
     Logged per iteration: reward/mean, reward/<task>, pass_rate/mean, pass_rate/<task>, groups/{kept,
-    too_easy, all_wrong, no_signal, unusable}, rollout/{rounds, prompts_drawn, response_length,
+    too_easy, all_wrong, no_signal, unusable}, rollout/{rounds, prompts_drawn, response_length, tokens (generated),
     truncated_fraction}, policy/{loss, pg_loss, entropy, ratio_mean, approx_kl, clip_fraction (clip losses)
     or gate_weight_mean (sapo), kl_to_start (with a reference), grad_norm, response_length, updates,
-    skipped}, lr_<group>, time/{rollout, ref, update, iteration}_seconds; eval/... after a held-out eval.
+    skipped}, lr_<group>, time/{rollout, ref, update, iteration}_seconds, and rollout_seconds by phase:
+    time/{prompt, generate, reward}_seconds; eval/... after a held-out eval.
     """
     config_lib.validate(config)
     if config.method != "rl":

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 
 import ml_collections as mlc
 
-from vlm_jax.configs import experiment
+from vlm_jax.configs import args, experiment
 
 TINY_LENGTH_DIVISOR = 32
 # Full-scale batches are per process (pipeline.batch_size); token budgets -> steps assume this many.
@@ -97,22 +97,7 @@ _TINY = {"steps": 40, "batch_size": 4, "lr_scale": 150.0, "warmup": 4, "checkpoi
 
 def parse_arg(arg: str | None) -> dict[str, object]:
     """`"8b"` or `"size=8b,scale=tiny,thinking=True"` -> {"size", "scale", "thinking"}."""
-    out: dict[str, object] = {"size": "8b", "scale": "full", "thinking": False}
-    for i, part in enumerate(p for p in (arg or "").split(",") if p):
-        key, sep, value = part.partition("=")
-        if not sep:
-            if i:
-                raise ValueError(f"recipe config arg {arg!r}: only the first item may be a bare size")
-            key, value = "size", part
-        if key not in out:
-            raise ValueError(f"recipe config arg {arg!r}: unknown key {key!r} (expected size, scale, thinking)")
-        if key == "thinking":
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"recipe config arg thinking={value!r}: expected True or False")
-            out[key] = value.lower() in ("true", "1")
-        else:
-            out[key] = value
-    return out
+    return args.parse_arg(arg, bare="size", where="recipe config arg", size="8b", scale="full", thinking=False)
 
 
 def stage_config(stage: str, size: str = "8b", scale: str = "full", thinking: bool = False) -> mlc.ConfigDict:

@@ -1,0 +1,53 @@
+"""One PNG per metric of a sweep: each arm's mean over seeds with a +- std error bar, every seed as a dot,
+and the constant-answer baseline (when the runs recorded one) as a dashed line."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def file_name(metric: str) -> str:
+    """A file name for a metric: `heldout/counting` -> `heldout_counting.png`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", metric).strip("_") + ".png"
+
+
+def plot_metric(metric_summary: Mapping[str, Any], arms: Sequence[str], *, metric: str, arm_key: str,
+                reference: str, path: str | Path, baseline: float | None = None) -> Path:
+    """Writes the metric's PNG to `path` (see the module docstring) and returns the path."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(arms) + 2), 3.6))
+    try:
+        for i, a in enumerate(arms):
+            s = metric_summary["arms"][a]
+            values = list(s["seeds"].values())
+            ax.scatter([i + 0.12] * len(values), values, s=14, color="0.35", zorder=3,
+                       label="seeds" if i == 0 else None)
+            if s["n"]:
+                std = s["std"] if math.isfinite(s["std"]) else 0.0
+                ax.errorbar([i], [s["mean"]], yerr=[std], fmt="o", color="C0" if a != reference else "C1",
+                            capsize=4, markersize=7, zorder=4)
+        if baseline is not None and math.isfinite(baseline):
+            ax.axhline(baseline, color="0.5", linestyle="--", linewidth=1, label=f"baseline {baseline:.3f}")
+        ax.set_xticks(range(len(arms)))
+        ax.set_xticklabels([f"{a}\n(reference)" if a == reference else a for a in arms])
+        ax.set_xlim(-0.6, len(arms) - 0.4)
+        ax.set_xlabel(arm_key)
+        better = "higher" if metric_summary.get("higher_is_better", True) else "lower"
+        ax.set_title(f"{metric} (mean +- std over seeds; {better} is better)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
