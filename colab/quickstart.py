@@ -46,11 +46,11 @@ from IPython.display import display
 
 from vlm_jax.configs import model as model_configs
 from vlm_jax.convert import hf
-from vlm_jax.convert.__main__ import main as convert_cli
 from vlm_jax.eval import harness, metrics, tasks, visualize
 from vlm_jax.inference.generate import generate
 from vlm_jax.inference.loading import load_model
 from vlm_jax.inference.prompt import batch_prompts, build_prompt
+from vlm_jax.params.store import save_params
 
 HF_DIR, PARAMS_DIR = os.path.join(WORKDIR, "hf"), os.path.join(WORKDIR, "params")
 MAX_NEW_TOKENS = 8 if SMOKE else 40  # a grounding answer is <= 34 tokens, + <|im_end|>
@@ -74,13 +74,14 @@ sorted(os.listdir(HF_DIR))
 # %% [markdown]
 # ## 2. Convert it to vlm_jax
 #
-# The command-line converter, called in-process; in a shell:
+# What the command-line converter does (`hf.load_hf_checkpoint`, then `save_params`); in a shell:
 # `python -m vlm_jax.convert hf-to-jax --hf_dir=runs/colab/quickstart/hf --out=runs/colab/quickstart/params`.
 # A params dir holds `model_config.json` and the params (Orbax). Without a `tokenizer.json` in it,
 # `load_model` uses the synthetic world's tokenizer.
 
 # %%
-convert_cli(["hf-to-jax", f"--hf_dir={HF_DIR}", f"--out={PARAMS_DIR}"])
+converted_config, converted_params = hf.load_hf_checkpoint(HF_DIR)
+save_params(converted_params, converted_config, PARAMS_DIR)
 model_config, params, tokenizer = load_model(PARAMS_DIR)
 print(model_config.name, "| vocabulary:", tokenizer.vocab_size, "tokens")
 

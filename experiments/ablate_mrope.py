@@ -29,7 +29,6 @@ steps x 0.6 s = 9 min + evaluation (held-out 2 x 400 items, long16 400, long32 3
 min; 2 arms x 3 seeds = 6 runs = ~75 min (<= 2 h).
 """
 
-from vlm_jax.configs import synthetic_tiny
 from vlm_jax.experiments import common
 
 CLAIM = ("Interleaved MRoPE (DIGEST 1, Interleaved MRoPE): Qwen2-VL/2.5-VL split the rotary frequencies "
@@ -50,18 +49,8 @@ def _arg(arg):
 
 def get_config(arg=None):
     a = _arg(arg)
-    c = synthetic_tiny.get_config()
-    c.stage = "ablate_mrope"
+    c = common.video_config(a, "ablate_mrope", frames=TRAIN_FRAMES, fps=2.0)
     c.model.text.mrope_layout = a["mrope_layout"]
-    world = dict(c.data.sources.synthetic.world)
-    world.update(tasks={"video_temporal": 3.0, "video_count": 1.0}, video_frames=TRAIN_FRAMES, video_fps=2.0)
-    c.data.sources.synthetic.world = world
-    c.data.curriculum = ()
-    c.data.pipeline.update(max_patches=6144, max_grids=32)
-    c.train.num_train_steps = 900
-    c.train.checkpoint.every_steps = 300
-    c.eval.update(tasks=("temporal", "counting"), num_per_task=common.eval_items(a, 400))
-    c.log.vision_probe_every = 0  # the probe swaps images; these samples hold videos
     return common.finish(c, a)
 
 

@@ -25,7 +25,6 @@ loop's count): as `ablate_mrope.py`, 24 videos a step (max_patches 6,144): 22.9 
 seeds = 6 runs = ~72 min (<= 2 h).
 """
 
-from vlm_jax.configs import synthetic_tiny
 from vlm_jax.experiments import common
 
 CLAIM = ("Video timestamps (DIGEST 1, Video: text timestamps): Qwen2.5-VL bound the temporal position id to "
@@ -45,19 +44,9 @@ def _arg(arg):
 
 def get_config(arg=None):
     a = _arg(arg)
-    c = synthetic_tiny.get_config()
-    c.stage = "ablate_video_time"
+    c = common.video_config(a, "ablate_video_time", frames=8, fps=TRAIN_FPS)
     c.model.video_time_encoding = a["video_time_encoding"]  # the pipeline's processor follows (a reference)
-    world = dict(c.data.sources.synthetic.world)
-    world.update(tasks={"video_temporal": 3.0, "video_count": 1.0}, video_frames=8, video_fps=TRAIN_FPS)
-    c.data.sources.synthetic.world = world
-    c.data.curriculum = ()
-    c.data.pipeline.update(max_patches=6144, max_grids=32)
     c.data.pipeline.processor.video_fps = max(RATES.values())  # keep every frame at every rate
-    c.train.num_train_steps = 900
-    c.train.checkpoint.every_steps = 300
-    c.eval.update(tasks=("temporal", "counting"), num_per_task=common.eval_items(a, 400))
-    c.log.vision_probe_every = 0  # the probe swaps images; these samples hold videos
     return common.finish(c, a)
 
 

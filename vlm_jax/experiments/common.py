@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections as mlc
 
+from vlm_jax.configs import synthetic_tiny
 from vlm_jax.configs.args import parse_arg
 
 SMOKE_STEPS = 3
@@ -66,3 +67,21 @@ def finish(c: mlc.ConfigDict, a: dict[str, Any]) -> mlc.ConfigDict:
 def eval_items(a: dict[str, Any], n: int) -> int:
     """Items per family of an extra evaluation: `n`, or SMOKE_EVAL_ITEMS in a smoke run."""
     return SMOKE_EVAL_ITEMS if a["smoke"] else n
+
+
+def video_config(a: dict[str, Any], stage: str, frames: int, fps: float) -> mlc.ConfigDict:
+    """The video experiments' base (`ablate_mrope.py`, `ablate_video_time.py`): the main job's model on its
+    scenes as `frames`-frame videos at `fps` (video_temporal and video_count), no curriculum, 900 steps,
+    scored on temporal grounding and counting (400 held-out items each)."""
+    c = synthetic_tiny.get_config()
+    c.stage = stage
+    world = dict(c.data.sources.synthetic.world)
+    world.update(tasks={"video_temporal": 3.0, "video_count": 1.0}, video_frames=frames, video_fps=fps)
+    c.data.sources.synthetic.world = world
+    c.data.curriculum = ()
+    c.data.pipeline.update(max_patches=6144, max_grids=32)
+    c.train.num_train_steps = 900
+    c.train.checkpoint.every_steps = 300
+    c.eval.update(tasks=("temporal", "counting"), num_per_task=eval_items(a, 400))
+    c.log.vision_probe_every = 0  # the probe swaps images; these samples hold videos
+    return c
