@@ -1,12 +1,16 @@
 """Attention memory and speed vs sequence length: the dense `xla` kernel vs `xla_chunked`.
 
     python benchmarks/attention.py [--lengths 1024,2048,4096,8192] [--heads 4] [--kv_heads 2] [--head_dim 64]
+    python benchmarks/attention.py --lengths 1024,2048,4096,8192,16384,32768 \
+        --contenders dense,xla_chunked,gpu,cudnn --dtype bfloat16          # on a GPU
 
 Per length L, for each contender, one `jax.jit` of forward + backward (the gradient of
 sum(attention(q, k, v) * w) w.r.t. q, k and v; self-attention, causal unless --nocausal):
   dense:       the `xla` impl's fused kernel (kernels/attention.py `_fused_attention`) on the full
                [B, L, L] mask: [B, H, L, L] logits, memory quadratic in L;
-  xla_chunked: kernels/chunked_attention.py (online softmax over KV blocks, recomputing backward).
+  xla_chunked: kernels/chunked_attention.py (online softmax over KV blocks, recomputing backward);
+  gpu, cudnn:  on a GPU (`--contenders`), the Pallas Triton flash kernel and cuDNN's through
+               `dot_product_attention` (cuDNN with `--dtype bfloat16`).
 Reported: XLA's compiled temp bytes (`memory_analysis().temp_size_in_bytes`, the buffers besides
 inputs and outputs) and the median wall / CPU seconds of a call (repetitions alternate between the
 contenders, `common.interleaved`; on a shared machine the CPU seconds are the steadier figure),
@@ -46,6 +50,10 @@ flags.DEFINE_integer("dense_cap_mib", 2048, "run dense only where its compiled t
                      flag_values=FLAGS)
 flags.DEFINE_integer("reps", 3, "timed repetitions per contender and length", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "input seed", flag_values=FLAGS)
+flags.DEFINE_string("contenders", "dense,xla_chunked",
+                    "comma-separated: dense, xla_chunked, gpu (Triton, on a GPU), cudnn (GPU, bfloat16)",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "q, k, v dtype", flag_values=FLAGS)
 
 MIB = 2 ** 20
 
@@ -63,7 +71,16 @@ def contenders(a: dict) -> dict:
     def xla_chunked(q, k, v):
         return chunked.chunked_attention(q, k, v, causal=causal, block_q=a["block_q"], block_kv=a["block_kv"])
 
-    return {"dense": dense, "xla_chunked": xla_chunked}
+    def kernel(impl):
+        return lambda q, k, v: attn.dot_product_attention(q, k, v, causal=causal, impl=impl)
+
+    every = {"dense": dense, "xla_chunked": xla_chunked, "gpu": kernel("gpu"), "cudnn": kernel("cudnn")}
+    names = [x.strip() for x in a["contenders"].split(",") if x.strip()]
+    unknown = sorted(set(names) - set(every))
+    if unknown or "dense" not in names:
+        raise ValueError(f"--contenders={a['contenders']!r}: dense is the reference and must be listed; "
+                         f"unknown {unknown}, choose from {sorted(every)}")
+    return {name: every[name] for name in names}
 
 
 def grad_step(fn):
@@ -75,7 +92,7 @@ def inputs(a: dict, length: int) -> tuple:
     r = np.random.default_rng(a["seed"])
     b, h, kh, d = a["batch"], a["heads"], a["kv_heads"], a["head_dim"]
     shapes = ((b, length, h, d), (b, length, kh, d), (b, length, kh, d), (b, length, h, d))
-    return tuple(jnp.asarray(r.normal(size=s), jnp.float32) for s in shapes)
+    return tuple(jnp.asarray(r.normal(size=s), a["dtype"]) for s in shapes)
 
 
 def per_doubling(rows: dict, key: str) -> dict:
@@ -112,14 +129,17 @@ def measure(flag_values: flags.FlagValues) -> None:
         log(f"L={length}: timing {list(timed)} x {a['reps']} (one warm-up each)")
         for name, t in interleaved(timed, reps=a["reps"], warmup=1).items():
             results[name][length].update(wall_s=round(median(t["wall"]), 4), cpu_s=round(median(t["cpu"]), 4))
-        dense, ours = results["dense"][length], results["xla_chunked"][length]
-        ours["temp_vs_dense"] = rate(ours["temp_bytes"], dense["temp_bytes"], 4)
-        ours["speedup_vs_dense_wall"] = rate(dense.get("wall_s"), ours["wall_s"])
-        ours["speedup_vs_dense_cpu"] = rate(dense.get("cpu_s"), ours["cpu_s"])
+        dense = results["dense"][length]
+        for name in fns:
+            if name != "dense":
+                ours = results[name][length]
+                ours["temp_vs_dense"] = rate(ours["temp_bytes"], dense["temp_bytes"], 4)
+                ours["speedup_vs_dense_wall"] = rate(dense.get("wall_s"), ours["wall_s"])
+                ours["speedup_vs_dense_cpu"] = rate(dense.get("cpu_s"), ours["cpu_s"])
     print_json({
         "benchmark": "attention",
         "shape": {"batch": a["batch"], "heads": a["heads"], "kv_heads": a["kv_heads"], "head_dim": a["head_dim"],
-                  "causal": a["causal"], "dtype": "float32"},
+                  "causal": a["causal"], "dtype": a["dtype"]},
         "xla_chunked_blocks": {"block_q": a["block_q"], "block_kv": a["block_kv"]},
         "dense_cap_mib": a["dense_cap_mib"], "reps": a["reps"],
         "results": {name: {str(length): row for length, row in rows.items()} for name, rows in results.items()},

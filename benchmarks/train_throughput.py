@@ -14,9 +14,13 @@ on CPU the peak is a measured float32 matmul, so CPU MFU is relative to what XLA
 
     python benchmarks/train_throughput.py --configs tiny,100m --steps 20
     python benchmarks/train_throughput.py --configs 2b-shallow --dtype bfloat16   # on a GPU / TPU
+    python benchmarks/train_throughput.py --configs 2b --dtype bfloat16 --seq 4096 --batch 4 \
+        --max_patches 16384 --max_grids 512 --attention_impl gpu --noloop       # the 2B step's MFU
 
-`2b-shallow`: the 2B model's real widths (text hidden 2048, 16 heads, vocab 151936; the
-SigLIP2-Large tower) with 4 decoder and 6 ViT layers. Progress goes to stderr; stdout is one JSON object.
+`2b`: the 2B model's real shapes (28 decoder layers, the 24-layer SigLIP2-Large tower) with the
+world's tokenizer ids; `--noloop` measures only the step. `2b-shallow`: the 2B model's real widths
+(text hidden 2048, 16 heads, vocab 151936; the SigLIP2-Large tower) with 4 decoder and 6 ViT layers.
+Progress goes to stderr; stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -47,32 +51,35 @@ from vlm_jax.train.state import init_train_state  # noqa: E402
 from vlm_jax.train.step import effective_model_config, global_batch_shapes, make_train_step, put_batch  # noqa: E402
 
 
-def model_dict(name: str, dtype: str) -> dict:
-    if name == "2b-shallow":
+def model_dict(name: str, dtype: str, attention_impl: str = "xla") -> dict:
+    if name in ("2b", "2b-shallow"):
         m = model_configs.get_config("2b")
         m.unlock()
-        m.vision.update(depth=6, deepstack_layers=(1, 3, 5), full_attention_layers=(5,))
-        m.text.num_layers = 4
+        if name == "2b-shallow":
+            m.vision.update(depth=6, deepstack_layers=(1, 3, 5), full_attention_layers=(5,))
+            m.text.num_layers = 4
         ids = model_configs.TINY_TOKEN_IDS  # the synthetic world's tokenizer
         m.update(image_token_id=ids["image"], video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
-                 vision_end_token_id=ids["vision_end"], name="qwen3-vl-2b-shallow")
+                 vision_end_token_id=ids["vision_end"], name=f"qwen3-vl-{name}")
     else:
         m = model_configs.get_config(name)
         m.unlock()
     m.dtype = dtype
+    m.attention_impl = attention_impl
     m.vision.attention_block = 64  # the world's 64 x 64 images: 16 patches a frame
     return m.to_dict()
 
 
 def experiment_config(name: str, args) -> mlc.ConfigDict:
     c = synthetic_tiny.get_config()
-    c.model = mlc.ConfigDict(model_dict(name, args.dtype))
+    c.model = mlc.ConfigDict(model_dict(name, args.dtype, args.attention_impl))
     c.data.pipeline.processor.patch_size = c.model.vision.patch_size  # the pipeline patchifies for this model
     c.train.num_train_steps = args.steps
     c.train.optimizer.warmup_steps = 2
     c.train.checkpoint.every_steps = 10**6  # only the final save
     c.train.remat_policy = args.remat
-    c.data.pipeline.update(seq_len=args.seq, batch_size=args.batch, max_patches=args.max_patches)
+    c.data.pipeline.update(seq_len=args.seq, batch_size=args.batch, max_patches=args.max_patches,
+                           max_grids=args.max_grids)
     c.eval.tasks = ()
     c.log.update(every_steps=max(1, args.steps // 4), tensorboard=False, progress=False, vision_probe_every=0)
     return c
@@ -121,27 +128,32 @@ def bench_step(c: mlc.ConfigDict, reps: int) -> dict:
 
 def bench_config(name: str, args) -> dict:
     c = experiment_config(name, args)
-    common.log(f"[{name}] pipeline alone")
-    pipe = bench_pipeline(c, args.pipeline_batches)
     common.log(f"[{name}] step alone")
     step = bench_step(c, args.step_reps)
+    peak, peak_source = metrics_lib.device_peak_flops(override=c.log.peak_flops_per_device)
+    peak *= jax.device_count()
+    step_only = {**step, "mfu": step["flops_per_step"] / step["step_seconds"] / peak}
+    head = {"config": name, "attention_impl": args.attention_impl,
+            "params": metrics_lib.model_flop_counts(experiment.model_config(c))}
+    if not args.loop:  # the step alone: no pipeline or loop measurement (one compile of a large model)
+        return {**head, "step_only": step_only, "peak_flops": peak, "peak_flops_source": peak_source}
+    common.log(f"[{name}] pipeline alone")
+    pipe = bench_pipeline(c, args.pipeline_batches)
     common.log(f"[{name}] full loop, {args.steps} steps")
     # The loop prints its log lines and summary; stdout is for the JSON result only.
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(sys.stderr):
         summary = train_and_evaluate(c, os.path.join(workdir, "run"))
-    peak = summary["peak_flops_per_device"] * jax.device_count()
     loop_tps = summary["tokens_per_second"]
     return {
-        "config": name,
-        "params": metrics_lib.model_flop_counts(experiment.model_config(c)),
+        **head,
         "loop": {"tokens_per_second": loop_tps, "mfu": summary["mfu"], "steps": summary["steps"],
                  "compile_seconds": summary["compile_seconds"], "final_loss": summary.get("final_loss")},
-        "step_only": {**step, "mfu": step["flops_per_step"] / step["step_seconds"] / peak},
+        "step_only": step_only,
         "pipeline": pipe,
         "loop_over_step": loop_tps / step["tokens_per_second"],
         "pipeline_over_loop": pipe["tokens_per_second"] / loop_tps,
         "peak_flops": peak,
-        "peak_flops_source": summary["peak_flops_source"],
+        "peak_flops_source": peak_source,
     }
 
 
@@ -151,6 +163,10 @@ flags.DEFINE_integer("steps", 20, "train-loop steps", flag_values=FLAGS)
 flags.DEFINE_integer("seq", 512, "data.pipeline.seq_len", flag_values=FLAGS)
 flags.DEFINE_integer("batch", 8, "data.pipeline.batch_size", flag_values=FLAGS)
 flags.DEFINE_integer("max_patches", 2048, "data.pipeline.max_patches", flag_values=FLAGS)
+flags.DEFINE_integer("max_grids", 128, "data.pipeline.max_grids (images per batch row)", flag_values=FLAGS)
+flags.DEFINE_string("attention_impl", "xla", "model.attention_impl (xla, xla_chunked, gpu, cudnn, splash)",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("loop", True, "also measure the pipeline alone and the whole train loop", flag_values=FLAGS)
 flags.DEFINE_string("dtype", "float32", "compute dtype (bfloat16 on accelerators)", flag_values=FLAGS)
 flags.DEFINE_string("remat", "full", "train.remat_policy", flag_values=FLAGS)
 flags.DEFINE_integer("step_reps", 5, "repetitions of the step-only measurement", flag_values=FLAGS)

@@ -363,6 +363,35 @@ def test_question_first_moves_only_the_question():
         SyntheticWorld(question_first=1.5)
 
 
+def test_shared_color_scenes_differ_by_shape_alone():
+    kw = dict(shapes=("circle", "square", "triangle"), colors=("red", "green", "blue"), max_objects=2)
+    plain, shared = SyntheticWorld(**kw), SyntheticWorld(**kw, shared_color=1.0)
+    half = SyntheticWorld(**kw, shared_color=0.5)
+    kinds = {"plain": [], "half": []}
+    for i in range(60):
+        objs = shared.sample(i, "train", "ground_point")["meta"]["plan"]["objects"]
+        assert len({o["shape"] for o in objs}) == len(objs)  # still one object per (shape, colour)
+        assert len(objs) == 1 or len({o["color"] for o in objs}) == 1
+        for name, world in (("plain", plain), ("half", half)):
+            objs = world.sample(i, "train", "ground_point")["meta"]["plan"]["objects"]
+            if len(objs) == 2:
+                kinds[name].append(objs[0]["color"] == objs[1]["color"])
+    # Distinct (shape, colour) pairs share a colour by chance (2 of the 8 other pairs); 0.5 adds half the rest.
+    assert sum(kinds["plain"]) < 0.4 * len(kinds["plain"]) < sum(kinds["half"])
+    # Counting scenes are untouched, and so are single-object grounding scenes (no extra random draw).
+    singles = 0
+    for i in range(30):
+        a, b = shared.sample(i, "train", "count"), plain.sample(i, "train", "count")
+        assert a["meta"]["plan"] == b["meta"]["plan"] and np.array_equal(a["images"][0], b["images"][0])
+        a, b = shared.sample(i, "train", "ground_box"), plain.sample(i, "train", "ground_box")
+        if len(b["meta"]["plan"]["objects"]) == 1 and a["meta"]["attempt"] == b["meta"]["attempt"] == 0:
+            singles += 1
+            assert a["meta"]["plan"] == b["meta"]["plan"] and a["answer"] == b["answer"]
+    assert singles >= 5
+    with pytest.raises(ValueError, match="shared_color is a probability"):
+        SyntheticWorld(shared_color=-0.1)
+
+
 def test_bitmap_font_fallback(monkeypatch):
     monkeypatch.setattr(R, "HAVE_FREETYPE", False)
     R.get_font.cache_clear()

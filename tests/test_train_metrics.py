@@ -65,3 +65,36 @@ def test_step_attention_flops_by_hand():
         text + vision + (10 + 1) * 9 * 6 + 5 * 32 * 6 + 2 * 8 * 6)
     assert metrics_lib.step_flops(TINY, counts, trainable=frozen, **kw) == pytest.approx(
         text + vision / 3 + (10 + 1) * 9 * 6 + 5 * 32 * 2 + 2 * 8 * 2)
+
+
+def test_throughput_benchmark_2b_is_the_published_model_on_the_world_tokenizer():
+    """`benchmarks/train_throughput.py --configs 2b` (the GPU MFU run) builds the released 2B shapes with the
+    synthetic world's special-token ids."""
+    import ml_collections as mlc
+
+    from benchmarks import train_throughput as tt
+    from vlm_jax.configs import model as model_configs
+    from vlm_jax.params.count import count_params
+
+    c = mlc.ConfigDict(tt.model_dict("2b", "bfloat16", "cudnn"))
+    model_configs.validate(c)
+    assert (c.text.num_layers, c.vision.depth, c.attention_impl, c.dtype) == (28, 24, "cudnn", "bfloat16")
+    assert c.image_token_id == model_configs.TINY_TOKEN_IDS["image"]
+    total = count_params(mlc.ConfigDict(tt.model_dict("2b", "bfloat16")))["total"] / 1e9  # traced: xla here
+    assert abs(total - model_configs.PUBLISHED_TOTAL_B["2b"]) < 0.03 * model_configs.PUBLISHED_TOTAL_B["2b"], total
+    shallow = count_params(mlc.ConfigDict(tt.model_dict("2b-shallow", "float32")))["total"] / 1e9
+    assert shallow < 0.5 * total
+
+
+@pytest.mark.slow  # ~30 s: compiles and runs the tiny step
+def test_throughput_benchmark_measures_the_step_alone(capsys):
+    """`--noloop` measures the jitted step alone: no pipeline or loop figures."""
+    import json
+
+    from benchmarks import train_throughput as tt
+
+    assert tt.main(["--configs=tiny", "--noloop", "--seq=128", "--batch=8", "--step_reps=1", "--max_patches=1024",
+                    "--max_grids=16"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert "loop" not in r and "pipeline" not in r
+    assert r["step_only"]["step_seconds"] > 0 and 0 < r["step_only"]["mfu"] < 1

@@ -218,11 +218,17 @@ def check_runs(exp: Experiment, runs: Sequence[Run], chosen: Sequence[Run], out_
                 measure.eval_spec(configs[r.name], spec, name)
             except ValueError as e:
                 raise ValueError(f"run {r.name}: {e}") from e
-    for r in {r.arm: r for r in reversed(chosen)}.values():  # one run per arm: seeds change no shapes
+    first_of_arm: dict[str, Run] = {}
+    for r in chosen:  # one run per arm: seeds change no shapes
+        first_of_arm.setdefault(r.arm, r)
+    bad = []
+    for r in first_of_arm.values():
         try:
             check_batches(configs[r.name])
         except ValueError as e:
-            raise ValueError(f"run {r.name}: {e}") from e
+            bad.append(f"run {r.name} (and its arm's other seeds): {e}")
+    if bad:
+        raise ValueError("; ".join(bad))
     if not dry_run:
         for r in chosen:
             check_run_dir(os.path.join(out_dir, r.name), configs[r.name])

@@ -140,6 +140,10 @@ def default_config() -> mlc.ConfigDict:
     # the question first, a causal decoder's visual tokens can read it, so each token can tell whether it
     # shows what is asked about (the answer then pools only those); after the images they cannot.
     c.question_first = 0.0
+    # Probability that a grounding scene of several objects has one colour for all of them, so that the
+    # named object differs from the others by shape alone (a binding stage for shape; 0 keeps every scene
+    # of distinct (shape, colour) pairs, mostly told apart by colour).
+    c.shared_color = 0.0
     c.tasks = mlc.ConfigDict(dict(DEFAULT_TASK_WEIGHTS))  # task -> mixture weight
     return c
 
@@ -217,6 +221,9 @@ class SyntheticWorld:
         self.question_first = float(cfg["question_first"])
         if not 0.0 <= self.question_first <= 1.0:
             raise ValueError(f"question_first is a probability in [0, 1], got {self.question_first}")
+        self.shared_color = float(cfg["shared_color"])
+        if not 0.0 <= self.shared_color <= 1.0:
+            raise ValueError(f"shared_color is a probability in [0, 1], got {self.shared_color}")
         weights = {str(k): float(v) for k, v in cfg["tasks"].items() if float(v) > 0}
         unknown = sorted(set(weights) - set(T.TASKS))
         if unknown or not weights:

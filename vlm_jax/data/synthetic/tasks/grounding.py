@@ -12,7 +12,9 @@ from vlm_jax.data.synthetic.tasks.scenes import draw_scene, plan_scene
 
 def plan_ground(rng: np.random.Generator, w: Any) -> Plan | None:
     n = ri(rng, 1, w.max_objects)
-    p = plan_scene(rng, w, n)
+    # The draw only when the world asks for shared colours: worlds without them keep their scenes.
+    shared = w.shared_color > 0 and n > 1 and rng.random() < w.shared_color
+    p = plan_scene(rng, w, n, shared_color=shared)
     if p is None:
         return None
     p["target"] = ri(rng, 0, n - 1)

@@ -41,8 +41,14 @@ def place_objects(
     return out
 
 
-def distinct_attrs(rng: np.random.Generator, w: Any, n: int) -> list[tuple[str, str]] | None:
-    """``n`` distinct (shape, colour) pairs."""
+def distinct_attrs(rng: np.random.Generator, w: Any, n: int, shared_color: bool = False
+                   ) -> list[tuple[str, str]] | None:
+    """``n`` distinct (shape, colour) pairs; with ``shared_color``, ``n`` distinct shapes of one colour."""
+    if shared_color:
+        if n > len(w.shapes):
+            return None
+        color = pick(rng, w.colors)
+        return [(w.shapes[i], color) for i in choose(rng, len(w.shapes), n)]
     k = len(w.shapes) * len(w.colors)
     if n > k:
         return None
@@ -56,9 +62,10 @@ def make_objects(attrs: Sequence[tuple[str, str]], pos: Sequence[tuple[int, int,
     ]
 
 
-def plan_scene(rng: np.random.Generator, w: Any, n: int) -> Plan | None:
-    """A scene of ``n`` objects with distinct (shape, colour) and a background."""
-    attrs = distinct_attrs(rng, w, n)
+def plan_scene(rng: np.random.Generator, w: Any, n: int, shared_color: bool = False) -> Plan | None:
+    """A scene of ``n`` objects with distinct (shape, colour) (one colour, distinct shapes, with
+    ``shared_color``) and a background."""
+    attrs = distinct_attrs(rng, w, n, shared_color)
     pos = place_objects(rng, w, n)
     if attrs is None or pos is None:
         return None

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, as one short script for a lent GPU machine (never CI): the GPU kernels
+# compiled for real against the oracle (tests/test_on_gpu.py, plus the interpret-mode kernel tests),
+# the 2B model's train step and its MFU with the Triton and cuDNN attention, batch-1 decode of the
+# weight formats, and attention memory and time vs length. Each part has its own time limit, so one
+# that fails or hangs costs only its share. Results land in $OUT (default /tmp/gpu_checks): one JSON
+# per benchmark, pytest's output and every part's stderr in checks.log.
+#
+#     OUT=/tmp/gpu bash benchmarks/gpu_checks.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp/gpu_checks}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+log="$out/checks.log"
+
+part() {  # part NAME SECONDS CMD...: stdout -> $out/NAME.json, stderr -> checks.log
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s)
+  echo "== $name: $*" | tee -a "$log"
+  timeout "$limit" "$@" >"$out/$name.json" 2>>"$log"
+  rc=$?
+  echo "== $name: exit $rc after $(($(date +%s) - start)) s" | tee -a "$log"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+} 2>&1 | tee -a "$log"
+
+start=$(date +%s)
+JAX_PLATFORMS=cuda timeout 120 python3 -m pytest -q -s -p no:cacheprovider tests/test_on_gpu.py \
+  tests/test_attention_impls.py -k "not memory_grows" 2>&1 | tee -a "$log" | tail -15
+echo "== tests: $(($(date +%s) - start)) s" | tee -a "$log"
+
+tt=(python3 benchmarks/train_throughput.py --configs 2b --dtype bfloat16 --seq 4096 --batch 4
+    --max_patches 16384 --max_grids 512 --noloop --step_reps 5)
+part train_2b_gpu 150 "${tt[@]}" --attention_impl gpu
+part train_2b_cudnn 120 "${tt[@]}" --attention_impl cudnn
+part decode 90 python3 benchmarks/quantized_decode.py --configs 100m --reps 3 --copy_mib 2048
+part attention 60 python3 benchmarks/attention.py --lengths 1024,4096,16384,32768 --heads 16 --kv_heads 8 \
+  --head_dim 128 --contenders dense,xla_chunked,gpu,cudnn --dtype bfloat16 --dense_cap_mib 16384
