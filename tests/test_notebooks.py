@@ -31,7 +31,11 @@ NOTEBOOKS = {
                         "runs/colab/train_synthetic/curves.png", "runs/colab/train_synthetic/final/model_config.json"),
     "posttrain_rl": ("runs/colab/posttrain_rl/metrics.jsonl", "runs/colab/posttrain_rl/reward_curve.png",
                      "runs/colab/posttrain_rl/rollout.png"),
-    # "sweep_results": the sweep package's notebook, to come.
+    # Reads a fabricated demo sweep it writes itself at SMOKE size (2 arms x 3 seeds, nothing trained).
+    "sweep_results": ("runs/colab/sweep_results/fabricated_demo_sweep/results.json",
+                      "runs/colab/sweep_results/table.md", "runs/colab/sweep_results/table.csv",
+                      "runs/colab/sweep_results/plots/heldout_counting.png",
+                      "runs/colab/sweep_results/plots/train_final_loss.png"),
 }
 # Notebooks kept in sync but not executed here, with the reason (MaxText's CI keeps such a list too).
 SKIP_EXECUTION: dict[str, str] = {}
