@@ -18,7 +18,6 @@ Budget (2-core CPU; the main job runs ~0.6 s a step at seq 512 x batch 8): a run
 = ~11.5 min; 2 arms x 3 seeds = 6 runs = ~70 min (<= 2 h). Without DeepStack a step is a little cheaper.
 """
 
-from vlm_jax.configs import synthetic_tiny
 from vlm_jax.experiments import common
 
 CLAIM = ("DeepStack (DIGEST 1, DeepStack): features of three intermediate ViT layers, each through its own "
@@ -37,7 +36,7 @@ def _arg(arg):
 
 def get_config(arg=None):
     a = _arg(arg)
-    c = synthetic_tiny.get_config()
+    c = common.main_job()
     c.stage = "ablate_deepstack"
     c.model.deepstack = a["deepstack"]
     return common.finish(c, a)

@@ -23,7 +23,6 @@ compile + 800 steps x 0.64 s = 8.5 min + ~1.5 min evaluation (2,000 items, twice
 seeds = 9 runs = ~99 min (<= 2 h).
 """
 
-from vlm_jax.configs import synthetic_tiny
 from vlm_jax.experiments import common
 
 CLAIM = ("Square-root reweighting (DIGEST 3, Pre-training): the loss is normalised per sample by the square root "
@@ -47,7 +46,7 @@ def _arg(arg):
 
 def get_config(arg=None):
     a = _arg(arg)
-    c = synthetic_tiny.get_config()
+    c = common.main_job()
     c.stage = "ablate_loss_norm"
     c.data.pipeline.loss_normalization = a["loss_normalization"]
     world = dict(c.data.sources.synthetic.world)

@@ -19,11 +19,11 @@ the ViT attending within each 1,024-patch image (`attention_block`) and every st
 (`max_patches` 8 x 1,024; a row of 512 tokens holds one sample of <= 400 visual tokens), so all arms
 train on the same number of images per step whatever their token counts.
 
-Status: the data pipeline and the prompt builder place the 2x2 merger's placeholder count per image
-(here 256) whatever `merger` is, so today only "mlp" and "resampler256" (256 queries: the same count
-and the same 16 x 16 position grid) run; the sweep refuses the 64 / 144 / 400 arms at launch
-(`sweep.check_batches`) instead of training them misaligned. Until the pipeline places
-`resampler_num_queries` tokens per image, run `--only='merger-mlp*,merger-resampler256*'`.
+Status: every arm runs. The data pipeline and the prompt builder place `resampler_num_queries`
+placeholders per image on the queries' side x side MRoPE grid (`processor.llm_grids`; the processor's
+`merger` keys follow the model's through the experiment config and the exported `processor_config.json`),
+while the pixels and the patch budget stay the real 1,024 patches. `sweep.check_batches` still checks one
+packed batch per arm against its model at launch.
 
 Measure: held-out counting exact match, grounding acc@IoU 0.5 and pointing accuracy (300 items each,
 without the vision-off control to keep the budget).
@@ -38,7 +38,6 @@ main job's 900 steps of ~60 samples: expect scores near the baselines, and compa
 other rather than with the main job.
 """
 
-from vlm_jax.configs import synthetic_tiny
 from vlm_jax.experiments import common
 
 CLAIM = ("Resampler queries (DIGEST 1, Merger): Qwen-VL (v1) compressed 1024 ViT patches to 256 tokens with a "
@@ -64,7 +63,7 @@ def _arg(arg):
 
 def get_config(arg=None):
     a = _arg(arg)
-    c = synthetic_tiny.get_config()
+    c = common.main_job()
     c.stage = "ablate_merger"
     m = c.model
     m.deepstack = False

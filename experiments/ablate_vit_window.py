@@ -26,7 +26,6 @@ compile + 9 min training + ~1.5 min evaluation + ~10 s timing = ~11.5 min; 2 arm
 ~70 min (<= 2 h). Times are wall-clock: run the sweep on an otherwise idle machine.
 """
 
-from vlm_jax.configs import synthetic_tiny
 from vlm_jax.experiments import common
 from vlm_jax.experiments import measure as measure_lib
 
@@ -51,7 +50,7 @@ def _arg(arg):
 
 def get_config(arg=None):
     a = _arg(arg)
-    c = synthetic_tiny.get_config()
+    c = common.main_job()
     c.stage = "ablate_vit_window"
     c.model.vision.attention = a["attention"]
     if a["attention"] == "window":

@@ -14,45 +14,18 @@ import numpy as np
 import pytest
 
 from benchmarks import attention as attention_bench
-from tests.helpers import LAYOUTS, build, random_params, small_config
+from tests.attention_oracle import attention_inputs, model_inputs, oracle, packed_segments
+from tests.helpers import random_params, small_config
 from vlm_jax.kernels import attention as attn
 from vlm_jax.kernels.chunked_attention import chunked_attention
 from vlm_jax.kernels.gpu_attention import gpu_attention
 from vlm_jax.kernels.splash_attention import splash_attention
-from vlm_jax.model import rope
-from vlm_jax.model.vlm import Qwen3VL, llm_grid_thw
+from vlm_jax.model.vlm import Qwen3VL
 
 ATOL = 1e-4
 
 
-def oracle(q, k, v, mask):
-    """Plain jnp: K/V repeated to the query heads, masked float32 softmax; a query that attends to
-    nothing gives zeros (the contract of the chunked and Pallas implementations)."""
-    g = q.shape[2] // k.shape[2]
-    k, v = jnp.repeat(k, g, axis=2), jnp.repeat(v, g, axis=2)
-    logits = jnp.einsum("bthd,bshd->bhts", q, k) * q.shape[-1] ** -0.5
-    m = mask[:, None]
-    p = jax.nn.softmax(jnp.where(m, logits, -1e30), axis=-1) * jnp.any(m, axis=-1, keepdims=True)
-    return jnp.einsum("bhts,bshd->bthd", p, v)
 
-
-def _inputs(b, t, s, h, kh, d, seed=0):
-    r = np.random.default_rng(seed)
-    shapes = ((b, t, h, d), (b, s, kh, d), (b, s, kh, d), (b, t, h, d))
-    return tuple(jnp.asarray(r.normal(size=x), jnp.float32) for x in shapes)
-
-
-def _packed(b, t):
-    """Segments whose boundaries fall off every block edge (blocks are 64 / 128 here), with leading,
-    inner and trailing padding (0)."""
-    seg = np.ones((b, t), np.int32)
-    seg[0, 37:] = 2
-    seg[0, 150:] = 3
-    seg[0, t - 21:] = 0
-    seg[1, :9] = 0
-    seg[1, 70:75] = 0
-    seg[1, 75:] = 4
-    return jnp.asarray(seg)
 
 
 def _check(fn, q, k, v, w, mask):
@@ -71,15 +44,15 @@ def _check(fn, q, k, v, w, mask):
 def test_xla_chunked_matches_oracle_with_packing_and_padding(causal, heads):
     h, kh = heads
     b, t, d = 2, 203, 16  # not a multiple of either block
-    q, k, v, w = _inputs(b, t, t, h, kh, d)
-    seg = _packed(b, t)
+    q, k, v, w = attention_inputs(b, t, t, h, kh, d)
+    seg = packed_segments(b, t)
     mask = attn.attention_mask(seg, None, causal=causal, t=t, s=t)
     fn = lambda q, k, v: chunked_attention(q, k, v, q_segment_ids=seg, causal=causal, block_q=64, block_kv=48)
     _check(fn, q, k, v, w, mask)
 
 
 def test_xla_chunked_without_segments_and_through_dot_product_attention():
-    q, k, v, w = _inputs(2, 130, 130, 4, 2, 8, seed=1)
+    q, k, v, w = attention_inputs(2, 130, 130, 4, 2, 8, seed=1)
     for causal in (True, False):
         mask = attn.attention_mask(None, None, causal=causal, t=130, s=130)
         mask = jnp.ones((1, 130, 130), bool) if mask is None else mask
@@ -92,7 +65,7 @@ def test_xla_chunked_decode_positions_against_a_kv_cache():
     """Queries at cache slots 10..13 (row 0) and 5..8 (row 1) against a 21-slot cache whose unwritten
     slots are segment 0; blocks of 8 keys (21 is not a multiple)."""
     b, t, s, h, kh, d = 2, 4, 21, 4, 2, 8
-    q, k, v, w = _inputs(b, t, s, h, kh, d, seed=2)
+    q, k, v, w = attention_inputs(b, t, s, h, kh, d, seed=2)
     start = np.asarray([10, 5])
     q_pos = jnp.asarray(start[:, None] + np.arange(t))
     kv_pos = jnp.broadcast_to(jnp.arange(s), (b, s))
@@ -110,7 +83,7 @@ def test_xla_chunked_decode_positions_against_a_kv_cache():
 
 
 def test_fully_masked_queries_give_zeros_and_finite_gradients():
-    q, k, v, w = _inputs(1, 70, 70, 2, 1, 8, seed=3)
+    q, k, v, w = attention_inputs(1, 70, 70, 2, 1, 8, seed=3)
     seg = jnp.asarray([[0] * 30 + [1] * 40])
     fn = lambda q, k, v: chunked_attention(q, k, v, q_segment_ids=seg, causal=True, block_q=16, block_kv=16)
     out = fn(q, k, v)
@@ -129,8 +102,8 @@ def test_pallas_interpret_kernels_match_oracle():
     """splash (TPU) and the Triton kernel in interpret mode: GQA, packing, padding, causal; L=160 is
     padded to the 128 block multiple inside."""
     b, t, h, kh, d = 2, 160, 4, 2, 32
-    q, k, v, w = _inputs(b, t, t, h, kh, d, seed=4)
-    seg = _packed(b, t)
+    q, k, v, w = attention_inputs(b, t, t, h, kh, d, seed=4)
+    seg = packed_segments(b, t)
     mask = attn.attention_mask(seg, None, causal=True, t=t, s=t)
     _check(lambda q, k, v: splash_attention(q, k, v, segment_ids=seg, causal=True, block=128, interpret=True),
            q, k, v, w, mask)
@@ -139,8 +112,8 @@ def test_pallas_interpret_kernels_match_oracle():
 
 def test_pallas_interpret_kernels_bidirectional_and_through_dot_product_attention():
     b, t, h, kh, d = 2, 140, 4, 2, 16
-    q, k, v, w = _inputs(b, t, t, h, kh, d, seed=5)
-    seg = _packed(b, t)
+    q, k, v, w = attention_inputs(b, t, t, h, kh, d, seed=5)
+    seg = packed_segments(b, t)
     mask = attn.attention_mask(seg, None, causal=False, t=t, s=t)
     for impl in ("splash", "gpu"):
         _check(lambda q, k, v, impl=impl: attn.dot_product_attention(q, k, v, q_segment_ids=seg, impl=impl,
@@ -148,7 +121,7 @@ def test_pallas_interpret_kernels_bidirectional_and_through_dot_product_attentio
 
 
 def test_dense_mask_is_refused_by_the_chunked_impls():
-    q, k, v, _ = _inputs(1, 8, 8, 2, 2, 8)
+    q, k, v, _ = attention_inputs(1, 8, 8, 2, 2, 8)
     with pytest.raises(ValueError, match="attention impl 'xla_chunked' .* no dense mask"):
         attn.dot_product_attention(q, k, v, mask=jnp.ones((1, 8, 8), bool), impl="xla_chunked")
     with pytest.raises(ValueError, match="kv_segment_ids given without q_segment_ids"):
@@ -156,7 +129,7 @@ def test_dense_mask_is_refused_by_the_chunked_impls():
 
 
 def _grad_temp_bytes(fn, length):
-    q, k, v, w = _inputs(1, length, length, 2, 2, 64)
+    q, k, v, w = attention_inputs(1, length, length, 2, 2, 64)
     step = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * w), argnums=(0, 1, 2)))
     return step.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
 
@@ -173,22 +146,11 @@ def test_xla_chunked_memory_grows_linearly_where_dense_grows_quadratically():
     assert chunked[-1] * 4 < dense[-1]
 
 
-def _model_inputs(c):
-    ids, (grid, px), _, _ = build(np.random.default_rng(0), LAYOUTS["two_images"], c)
-    ids = ids[None].astype(np.int32)
-    pos, _ = rope.get_rope_index(ids, llm_grid_thw(grid, c), None, None, image_token_id=c.image_token_id,
-                                 video_token_id=c.video_token_id)
-    n = ids.shape[1]
-    seg = np.ones((1, n), np.int32)
-    seg[0, n // 2:] = 2  # two packed samples (text model), then trailing padding
-    seg[0, n - 3:] = 0
-    return ids, pos, jnp.asarray(seg), grid.astype(np.int32), px
-
 
 def test_model_logits_with_xla_chunked_equal_xla():
     c_xla, c_chunked = small_config(), small_config(attention_impl="xla_chunked")
     params = random_params(c_xla)
-    ids, pos, seg, grid, px = _model_inputs(c_xla)
+    ids, pos, seg, grid, px = model_inputs(c_xla)
     logits = [jax.jit(lambda p, c=c: Qwen3VL(c).apply({"params": p}, ids, pos, seg, px, grid)["logits"])(params)
               for c in (c_xla, c_chunked)]
     valid = np.asarray(seg[0]) != 0  # padding positions differ by contract (xla averages, chunked gives 0)

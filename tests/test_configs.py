@@ -78,6 +78,20 @@ def test_experiment_pipeline_is_the_pipeline_config():
     assert processor.get_config(saved) == data_lib.pipeline_config(c.data, 0, None).processor
 
 
+def test_experiment_processor_follows_the_model_merger():
+    c = synthetic_tiny.get_config()
+    c.model.update(merger="resampler", resampler_num_queries=64, deepstack=False)
+    experiment.validate(c)
+    pc = data_lib.pipeline_config(c.data, seed=0, weights=None).processor
+    assert (pc.merger, pc.resampler_num_queries) == ("resampler", 64)  # placeholders per image: the model's
+    assert experiment.processor_config(c)["merger"] == "resampler"  # and so the exported processor_config.json
+    d = mlc.ConfigDict(c.to_dict())  # a copy without the link, changed on the model side only
+    d.model.resampler_num_queries = 144
+    with pytest.raises(ValueError, match=r"processor\.resampler_num_queries=64 differs from "
+                                         r"config\.model\.resampler_num_queries=144"):
+        experiment.validate(d)
+
+
 def test_train_overrides_name_unknown_keys():
     train = experiment.train_config(synthetic_tiny.get_config())
     assert experiment.with_overrides(train, {"loss.num_tasks": 3}).loss.num_tasks == 3

@@ -205,6 +205,34 @@ def test_load_model(ckpt, tmp_path):
         load_model(tmp_path / "missing")
 
 
+def test_processor_settings_take_the_models_merger(tmp_path):
+    """How many placeholders an image gets is the model's (`merger`): older exports without the key and
+    hand-written settings take it from the model config; settings that contradict it fail."""
+    from tests.helpers import small_config
+    from vlm_jax.inference.loading import processor_config_for
+
+    def export(name, processor, **model):  # a params dir's configs (no weights: not read here)
+        d = tmp_path / name
+        (d / "params").mkdir(parents=True)
+        (d / "model_config.json").write_text(small_config(**model).to_json(indent=1))
+        if processor is not None:
+            (d / "processor_config.json").write_text(json.dumps(processor))
+        return d
+
+    resampler = dict(merger="resampler", resampler_num_queries=64, deepstack=False, **{"vision.deepstack_layers": ()})
+    old = export("old", PROC, **resampler)  # written before processor_config.json held the merger keys
+    assert load_processor_config(old).merger == "mlp"  # the file alone still loads, with the default
+    got = processor_config_for(old)
+    assert (got.merger, got.resampler_num_queries, got.max_pixels) == ("resampler", 64, 64 * 64)
+    assert processor_config_for(old, {"min_pixels": 1024}).resampler_num_queries == 64
+    with pytest.raises(ValueError, match="processor settings merger='mlp' differ from the model's merger='resampler'"):
+        processor_config_for(old, {"merger": "mlp"})
+    assert processor_config_for(export("bare", None, **resampler)).merger == "resampler"
+    mlp = export("mlp", PROC)
+    assert processor_config_for(mlp) == load_processor_config(mlp) and processor_config_for(mlp).merger == "mlp"
+    assert processor_config_for(export("mlp_bare", None)) is None  # as before: the processor defaults
+
+
 # ----------------------------------------------------------------------------- items
 
 

@@ -37,3 +37,25 @@ def test_eval_prompt_is_the_training_prefix(family, question_first):
         assert not mask[:n].any() and mask[n:-1].all() and not mask[-1]
         np.testing.assert_array_equal(np.asarray(train["grid_thw"]), prompt.grid_thw)
         np.testing.assert_allclose(np.asarray(train["pixel_values"]), prompt.pixel_values, atol=1e-6)
+
+
+def test_resampler_eval_prompt_is_the_training_prefix():
+    """With a 64-query resampler (the main job's images are 8 x 8 patches, 16 MLP tokens) the eval prompt
+    and the training sample both give each image 64 placeholders, token for token the same."""
+    c = get_config()
+    c.model.update(merger="resampler", resampler_num_queries=64, deepstack=False)
+    tokenizer = data_lib.make_tokenizer(c.data)
+    pipeline_config = data_lib.pipeline_config(c.data, seed=0, weights=None)
+    processor = experiment_lib.processor_config(c)  # what training exports: the model's merger keys
+    assert (processor["merger"], processor["resampler_num_queries"]) == ("resampler", 64)
+    world = data_lib.make_source("synthetic", c.data.sources.synthetic).world
+    item = tasks.synthetic_items("counting", 1, world=world)[0]
+    prompt = build_prompt(item.messages, item.images, item.videos, tokenizer, processor)
+    train = tokenize_sample(item.to_sample(), tokenizer, pipeline_config)
+    n = len(prompt.input_ids)
+    np.testing.assert_array_equal(np.asarray(train["input_ids"])[:n], prompt.input_ids)
+    assert prompt.grid_thw.tolist() == [[1, 8, 8]] and prompt.input_ids.count(tokenizer.image_pad_id) == 64
+    np.testing.assert_array_equal(np.asarray(train["grid_thw"]), prompt.grid_thw)
+    video = {"frames": np.zeros((4, 64, 64, 3), np.uint8), "fps": 2.0}
+    with pytest.raises(ValueError, match=r"video\(s\) with merger='resampler'"):
+        build_prompt([{"role": "user", "content": [{"type": "video"}]}], [], [video], tokenizer, processor)

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.attention_oracle import attention_inputs, model_inputs, oracle, packed_segments
 from tests.helpers import random_params, small_config
-from tests.test_attention_impls import _inputs, _model_inputs, _packed, oracle
 from vlm_jax.kernels import attention as attn
 from vlm_jax.kernels.gpu_attention import gpu_attention
 from vlm_jax.model.vlm import Qwen3VL
@@ -45,8 +45,8 @@ def _errors(fn, q, k, v, w, mask):
 @pytest.mark.parametrize("causal", [True, False])
 def test_triton_kernel_compiled_matches_oracle(causal):
     b, t, h, kh, d = 2, 300, 4, 2, 64  # not a block multiple; GQA; packed with padding
-    q, k, v, w = _inputs(b, t, t, h, kh, d, seed=4)
-    seg = _packed(b, t)
+    q, k, v, w = attention_inputs(b, t, t, h, kh, d, seed=4)
+    seg = packed_segments(b, t)
     mask = attn.attention_mask(seg, None, causal=causal, t=t, s=t)
     errs = _errors(lambda q, k, v: gpu_attention(q, k, v, segment_ids=seg, causal=causal), q, k, v, w, mask)
     assert max(errs) < TRITON_ATOL
@@ -54,8 +54,8 @@ def test_triton_kernel_compiled_matches_oracle(causal):
 
 def test_cudnn_bfloat16_matches_oracle():
     b, t, h, kh, d = 2, 256, 4, 2, 64
-    q, k, v, w = _inputs(b, t, t, h, kh, d, seed=6)
-    seg = _packed(b, t)
+    q, k, v, w = attention_inputs(b, t, t, h, kh, d, seed=6)
+    seg = packed_segments(b, t)
     mask = attn.attention_mask(seg, None, causal=True, t=t, s=t)
     valid = (np.asarray(seg) != 0)[:, :, None, None]  # padding rows differ by contract
     fn = lambda q, k, v: attn.dot_product_attention(
@@ -69,7 +69,7 @@ def test_cudnn_bfloat16_matches_oracle():
 def test_model_logits_with_gpu_kernels_equal_xla(impl):
     c_xla, c_impl = small_config(), small_config(attention_impl=impl)
     params = random_params(c_xla)
-    ids, pos, seg, grid, px = _model_inputs(c_xla)
+    ids, pos, seg, grid, px = model_inputs(c_xla)
     logits = [jax.jit(lambda p, c=c: Qwen3VL(c).apply({"params": p}, ids, pos, seg, px, grid)["logits"])(params)
               for c in (c_xla, c_impl)]
     valid = np.asarray(seg[0]) != 0
@@ -82,7 +82,7 @@ def test_ragged_moe_equals_dense_on_gpu():
     c_dense = small_config(moe=True)
     c_ragged = small_config(moe=True, **{"text.moe_impl": "ragged"})
     params = random_params(c_dense)
-    ids, pos, seg, grid, px = _model_inputs(c_dense)
+    ids, pos, seg, grid, px = model_inputs(c_dense)
     logits = [jax.jit(lambda p, c=c: Qwen3VL(c).apply({"params": p}, ids, pos, seg, px, grid)["logits"])(params)
               for c in (c_dense, c_ragged)]
     chex.assert_trees_all_close(logits[1], logits[0], atol=1e-4)

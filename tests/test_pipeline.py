@@ -108,6 +108,48 @@ def test_visuals_in_placeholder_order():
         assert proc.format_timestamp(stamp) in text
 
 
+def _image_runs(ids, pad):
+    """Lengths of the runs of `pad` tokens in `ids`, in order."""
+    edges = np.diff(np.concatenate([[0], (ids == pad).astype(int), [0]]))
+    return (np.nonzero(edges == -1)[0] - np.nonzero(edges == 1)[0]).tolist()
+
+
+def test_resampler_places_its_query_count_per_image():
+    # Both images become 280 patches (70 MLP tokens); a 64-query resampler makes 64 tokens of each.
+    sample = {
+        "id": "two",
+        "images": [rgb(64, 96, 1), rgb(96, 32, 2)],
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}]},
+            {"role": "assistant", "content": "ok"},
+        ],
+    }
+    out = {m: tokenize_sample(sample, TOK, pipeline.get_config(**SMALL, processor={"merger": m,
+                                                                                     "resampler_num_queries": 64}))
+           for m in proc.MERGERS}
+    grid = out["mlp"]["grid_thw"]
+    assert grid.tolist() == [[1, 14, 20], [1, 28, 10]]
+    # The MLP path as before: the patch grids' t*h*w/4 tokens, positions of the patch grids.
+    assert _image_runs(out["mlp"]["input_ids"], IMAGE_PAD) == [70, 70]
+    ref, _ = get_rope_index(out["mlp"]["input_ids"][None], grid, None, image_token_id=IMAGE_PAD,
+                            video_token_id=VIDEO_PAD)
+    np.testing.assert_array_equal(out["mlp"]["position_ids"], ref[:, 0])
+    # The resampler: 64 tokens per image at its virtual 16 x 16 grid; pixels and grids stay the real patches.
+    ids = out["resampler"]["input_ids"]
+    assert _image_runs(ids, IMAGE_PAD) == [64, 64]
+    virtual = proc.llm_grids(grid, "resampler", 64, 2)
+    assert virtual.tolist() == [[1, 16, 16], [1, 16, 16]]
+    ref, _ = get_rope_index(ids[None], virtual, None, image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD)
+    np.testing.assert_array_equal(out["resampler"]["position_ids"], ref[:, 0])
+    np.testing.assert_array_equal(out["resampler"]["grid_thw"], grid)
+    np.testing.assert_array_equal(out["resampler"]["pixel_values"], out["mlp"]["pixel_values"])
+    # A video has no place under the resampler (one query grid per clip, no temporal groups): refused.
+    video = {"id": "v", "images": [], "videos": [{"frames": np.stack([rgb(64, 64, t) for t in range(4)]), "fps": 2.0}],
+             "messages": [{"role": "user", "content": [{"type": "video"}]}, {"role": "assistant", "content": "ok"}]}
+    with pytest.raises(sources.SampleError, match=r"processing_error.*video\(s\) with merger='resampler'"):
+        tokenize_sample(video, TOK, pipeline.get_config(**SMALL, processor={"merger": "resampler"}))
+
+
 def test_qwen_jsonl_matches_in_memory_samples(tmp_path):
     """The synthetic world written as Qwen-VL JSONL tokenises exactly like the in-memory samples."""
     from vlm_jax.data.synthetic import write_jsonl

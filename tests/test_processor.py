@@ -386,3 +386,26 @@ def test_config_is_frozen_and_validated():
     with pytest.raises(ValueError, match=r"processor\.patch_dim=1000 is derived"):
         P.get_config(patch_dim=1000)
     assert P.get_config(cfg.to_dict()) == cfg  # a saved config (derived keys included) loads back
+
+
+def test_llm_grids_and_the_merger_keys():
+    from vlm_jax.configs.model import CHOICES
+
+    assert CHOICES["merger"] == P.MERGERS  # the processor's view of the model's key
+    grids = np.asarray([[1, 14, 20], [2, 8, 6], [0, 0, 0]])  # an image, a video clip, a padding row
+    np.testing.assert_array_equal(P.llm_grids(grids, "mlp", 64, 2), grids)
+    # The resampler: a (1, side * merge, side * merge) grid per entry, side * side tokens; padding stays 0.
+    np.testing.assert_array_equal(P.llm_grids(grids, "resampler", 64, 2), [[1, 16, 16], [1, 16, 16], [0, 0, 0]])
+    np.testing.assert_array_equal(P.config_llm_grids(grids[:1], P.get_config(merger="resampler",
+                                                                               resampler_num_queries=9)), [[1, 6, 6]])
+    with pytest.raises(ValueError, match="merger must be one of"):
+        P.llm_grids(grids, "perceiver", 64, 2)
+    with pytest.raises(ValueError, match=r"processor\.merger must be one of \('mlp', 'resampler'\), got 'perceiver'"):
+        P.get_config(merger="perceiver")
+    with pytest.raises(ValueError, match=r"processor\.resampler_num_queries=60 must be a positive square"):
+        P.get_config(merger="resampler", resampler_num_queries=60)
+    assert P.get_config(resampler_num_queries=60).merger == "mlp"  # the MLP merger does not read it
+    P.check_videos_supported("mlp", 2)
+    P.check_videos_supported("resampler", 0)
+    with pytest.raises(ValueError, match=r"1 video\(s\) with merger='resampler'"):
+        P.check_videos_supported("resampler", 1)

@@ -334,11 +334,14 @@ def test_batches_are_checked_against_the_model():
     exp = spec.load_experiment(str(REPO / "experiments" / "ablate_merger.py"), smoke=True)
     runs = {r.arm: r for r in exp.runs()}
     sweep.check_batches(exp.config(runs["mlp"]))
-    # The pipeline places the 2x2 merger's 256 placeholders per 1,024-patch image; a 256-query resampler fits
-    # them by count, a 64-query one (`merger=resampler64`) would be silently misaligned in training.
+    # Every resampler arm fits: the pipeline places the model's query count per 1,024-patch image (here 64,
+    # `merger=resampler64`), not the 2x2 merger's 256.
     c = exp.config(runs["resampler256"])
     c.model.resampler_num_queries = 64
-    with pytest.raises(ValueError, match="batches do not fit the model: visual placeholder tokens and visual"):
+    sweep.check_batches(c)
+    # A batch its model cannot read is refused at launch: patches of another size than the model's.
+    c.data.pipeline.processor.patch_size = 8
+    with pytest.raises(ValueError, match="batches do not fit the model: pixel_values rows have 384 values"):
         sweep.check_batches(c)
 
 

@@ -34,8 +34,11 @@ from vlm_jax.data import processor as processor_lib
 # Checked by their own validators, on top of their bases: they may hold a subset of their keys. The
 # sources are named by the user (each checked against its kind's keys).
 _SECTIONS = ("model", "train", "data.pipeline", "data.sources")
-# Model keys the data pipeline reads through its processor config (prompt layout and MRoPE temporal ids).
+# Model keys the data pipeline reads through its processor config (prompt layout and MRoPE temporal ids) ...
 VIDEO_TIME_KEYS = ("video_time_encoding", "video_tokens_per_second")
+# ... and the connector's (placeholders per image and their MRoPE grid, `processor.llm_grids`).
+MERGER_KEYS = processor_lib.MERGER_KEYS
+LINKED_MODEL_KEYS = VIDEO_TIME_KEYS + MERGER_KEYS
 
 
 def base_config(size: str = "tiny") -> mlc.ConfigDict:
@@ -55,9 +58,9 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     p.update(seq_len=1024, batch_size=8, max_patches=2048, max_grids=64)
     p.seed = placeholder(int)  # None: train.seed
     p.processor.update(min_pixels=32 * 32, max_pixels=256 * 256)
-    # The data side's view of the model's video time encoding: references to the model's keys, so setting
-    # `model.video_time_encoding` (or `model.video_tokens_per_second`) sets both; `validate` checks they agree.
-    for key in VIDEO_TIME_KEYS:
+    # The data side's view of the model's video time encoding and merger: references to the model's keys, so
+    # setting e.g. `model.video_time_encoding` or `model.merger` sets both; `validate` checks they agree.
+    for key in LINKED_MODEL_KEYS:
         p.processor[key] = c.model.get_ref(key)
     # Curriculum: stages ({"steps": N, "world": {...}}, ...) read in order before the main data; during a
     # stage every synthetic source's world is the stage's `world` merged over its own (same batch shapes,
@@ -93,7 +96,7 @@ def validate(c: mlc.ConfigDict) -> None:
     from vlm_jax.train import data as data_lib
 
     pc = data_lib.pipeline_config(c.data, c.train.seed, None).processor
-    for key in VIDEO_TIME_KEYS:
+    for key in LINKED_MODEL_KEYS:
         if pc[key] != mc[key]:
             raise ValueError(f"config.data.pipeline.processor.{key}={pc[key]!r} differs from config.model.{key}="
                              f"{mc[key]!r}: the pipeline would build prompts and positions the model is not "

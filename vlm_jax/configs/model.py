@@ -47,7 +47,7 @@ CHOICES = {
     "text.rope_scaling.rope_type": ("default", "yarn"),  # model/rope.py text_rope_frequencies
     "text.moe_impl": ("ragged", "dense", "expert_parallel"),  # model/moe.py, parallel/expert.py
     "text.moe_gmm": ("ragged_dot", "megablox"),  # model/grouped_matmul.py GMM_IMPLS
-    "merger": ("mlp", "resampler"),  # model/merger.py
+    "merger": ("mlp", "resampler"),  # model/merger.py, data/processor.py MERGERS
     "remat_policy": ("none", "full", "dots", "dots_no_batch", "minimal"),  # model/layers.py REMAT_POLICIES
     "attention_impl": ("xla", "xla_chunked", "splash", "gpu", "cudnn"),  # kernels/attention.py IMPLS
     "context_parallel": ("none", "all_gather", "ring"),  # parallel/context.py STRATEGIES
@@ -128,6 +128,8 @@ def base_config() -> mlc.ConfigDict:
     # share of token copies, dropping (and counting) the rest.
     t.moe_capacity_factor = 0.0
 
+    # The data side reads both through the processor config (placeholders per image, their MRoPE grid), whose
+    # values experiment configs tie to these (vlm_jax/configs/experiment.py).
     c.merger = "mlp"  # "mlp" (Qwen2/3-VL 2x2 MLP merger) | "resampler" (Qwen-VL cross-attention ablation)
     c.resampler_num_queries = 256
     c.deepstack = True  # False: the "no DeepStack" ablation (mergers are not built or applied)

@@ -103,7 +103,9 @@ def base_config() -> mlc.ConfigDict:
     length-adaptive sampling) so that the sample fits ``seq_len`` and the vision buffer.
     ``processor``: the image/video processor's keys (``processor.base_config()``); its ``video_time_encoding``
     'absolute_time' (the model's key, see vlm_jax/configs/model.py) writes videos without timestamps and
-    gives their temporal groups time-proportional MRoPE ids (``model.rope.get_rope_index``).
+    gives their temporal groups time-proportional MRoPE ids (``model.rope.get_rope_index``); its ``merger``
+    'resampler' (the model's key too) gives each image ``resampler_num_queries`` placeholders on the queries'
+    position grid (``processor.llm_grids``; pixels unchanged) and refuses videos.
     ``weights``: mixture weights {name: weight} when ``source`` is a mapping of named sources.
     """
     c = packing_lib.base_config()
@@ -284,6 +286,10 @@ def _check_conversation(sample: Mapping[str, Any], config: PipelineConfig, pcfg:
             f"sample {sid}: {n_img} image and {n_vid} video placeholders but {len(images)} images "
             f"and {len(videos)} videos",
         )
+    try:
+        proc.check_videos_supported(pcfg.merger, len(videos))
+    except ValueError as e:
+        raise SampleError("processing_error", f"sample {sid}: {e}") from e
     if len(images) + len(videos) > config.max_grids:
         raise SampleError(
             "too_many_visuals",
@@ -320,15 +326,16 @@ def _plan_videos(conv: _Conversation, budgets: Sequence[int | None], pcfg: Any) 
 
 def _tokenize_messages(conv: _Conversation, tokenizer: Any, config: PipelineConfig, pcfg: Any, video_grids: list,
                        video_stamps: list, index: int) -> dict:
-    """The chat template's tokens and loss mask for the planned grids (``ValueError`` -> ``SampleError``)."""
+    """The chat template's tokens and loss mask for the planned grids, with the placeholder counts the model's
+    merger makes of them (``ValueError`` -> ``SampleError``)."""
     from vlm_jax.data.chat_template import tokenize_conversation
 
     try:
         return tokenize_conversation(
             conv.messages,
             tokenizer,
-            conv.image_grids,
-            video_grids,
+            processor_lib.config_llm_grids(conv.image_grids, pcfg),
+            processor_lib.config_llm_grids(video_grids, pcfg),
             video_stamps,
             config.thinking,
             tools=conv.tools,
@@ -453,16 +460,17 @@ def _vision_in_placeholder_order(conv: _Conversation, ids: np.ndarray, outs: Map
 
 def _position_ids(conv: _Conversation, ids: np.ndarray, video_grids: Sequence, image_id: int, video_id: int,
                   pcfg: Any, video_seconds: Sequence[float]) -> np.ndarray:
-    """MRoPE positions int32 [3, L] of this sample alone (``get_rope_index``); with absolute time, the
-    videos' temporal ids follow ``video_seconds`` (seconds per temporal group of each video)."""
+    """MRoPE positions int32 [3, L] of this sample alone (``get_rope_index`` on the grids the language
+    model sees, ``processor.llm_grids``); with absolute time, the videos' temporal ids follow
+    ``video_seconds`` (seconds per temporal group of each video)."""
     from vlm_jax.model.rope import get_rope_index
 
     absolute = pcfg.video_time_encoding == "absolute_time" and bool(conv.videos)
     try:
         position_ids, _ = get_rope_index(
             ids[None],
-            np.asarray(conv.image_grids, np.int32).reshape(-1, 3) if conv.images else None,
-            np.asarray(video_grids, np.int32).reshape(-1, 3) if conv.videos else None,
+            processor_lib.config_llm_grids(conv.image_grids, pcfg) if conv.images else None,
+            processor_lib.config_llm_grids(video_grids, pcfg) if conv.videos else None,
             image_token_id=image_id,
             video_token_id=video_id,
             spatial_merge_size=pcfg.merge_size,

@@ -40,6 +40,12 @@ TIMESTAMP_FORMATS = ("seconds", "hms", "random")
 # (Qwen3-VL: a text timestamp before each temporal group) | "absolute_time" (Qwen2.5-VL: no timestamp text,
 # MRoPE temporal ids proportional to time, see `model.rope.get_rope_index`).
 VIDEO_TIME_ENCODINGS = ("timestamps", "absolute_time")
+# The model's connector (the model config's `merger`): "mlp" (2x2 patch merger: t*h*w/merge_size**2 tokens per
+# image) | "resampler" (Qwen-VL: `resampler_num_queries` tokens per image). The data side needs it for the
+# placeholder count and the MRoPE grid of each image (`llm_grids`).
+MERGERS = ("mlp", "resampler")
+# Model keys the data side reads through the processor config (experiment configs tie them to the model's).
+MERGER_KEYS = ("merger", "resampler_num_queries")
 # Qwen-VL rejects images whose long side is more than this many times the short side.
 MAX_ASPECT_RATIO = 200
 
@@ -82,6 +88,10 @@ def base_config() -> mlc.ConfigDict:
     # are set there, once; see vlm_jax/configs/model.py.
     c.video_time_encoding = "timestamps"  # "timestamps" | "absolute_time"
     c.video_tokens_per_second = 2.0
+    # The model's `merger` and `resampler_num_queries` (tied to them the same way): how many placeholder
+    # tokens, on which MRoPE grid, each image gets (`llm_grids`). Pixels and patch budgets do not change.
+    c.merger = "mlp"  # "mlp" | "resampler"
+    c.resampler_num_queries = 256
     c.factor = c.get_ref("patch_size") * c.get_ref("merge_size")  # side of one visual token in pixels (32)
     c.patch_dim = 3 * c.get_ref("temporal_patch_size") * c.get_ref("patch_size") ** 2  # values per patch (1536)
     return c
@@ -124,6 +134,13 @@ def validate(c: mlc.ConfigDict, where: str = "processor") -> None:
                          f"got {c.video_time_encoding!r}")
     if not c.video_tokens_per_second > 0:
         raise ValueError(f"{where}.video_tokens_per_second must be positive, got {c.video_tokens_per_second}")
+    if c.merger not in MERGERS:
+        raise ValueError(f"{where}.merger must be one of {MERGERS}, got {c.merger!r}")
+    if c.merger == "resampler":
+        side = math.isqrt(max(c.resampler_num_queries, 0))
+        if c.resampler_num_queries <= 0 or side * side != c.resampler_num_queries:
+            raise ValueError(f"{where}.resampler_num_queries={c.resampler_num_queries} must be a positive square "
+                             "(the resampler's queries sit on a side x side grid)")
     if len(c.image_mean) != 3 or len(c.image_std) != 3:
         raise ValueError(f"{where}.image_mean and image_std need 3 values (R, G, B)")
     derived = {"factor": (c.patch_size * c.merge_size, "patch_size * merge_size"),
@@ -208,6 +225,43 @@ def image_grid_thw(height: int, width: int, cfg: ProcessorConfig = DEFAULT_CONFI
     """(t, h, w) patch grid `process_image` gives an image of this size (visual tokens = t*h*w/4)."""
     h, w = smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
     return 1, h // cfg.patch_size, w // cfg.patch_size
+
+
+def llm_grids(grid_thw: np.ndarray | Sequence[Sequence[int]], merger: str, resampler_num_queries: int,
+              merge_size: int) -> np.ndarray:
+    """The (t, h, w) grids the language model sees, int [N, 3]: what sets each visual's placeholder count
+    (t*h*w/merge_size**2) and its MRoPE positions (`model.rope.get_rope_index`).
+
+    "mlp": the patch grids themselves. "resampler": each entry becomes the virtual grid (1, side*m, side*m)
+    of the side x side queries (m = merge_size), i.e. side*side tokens on a side x side position grid,
+    whatever the image's size. Rows with t == 0 (padding) stay 0.
+    """
+    grid = np.asarray(grid_thw).reshape(-1, 3)
+    if merger == "mlp":
+        return grid
+    if merger != "resampler":
+        raise ValueError(f"merger must be one of {MERGERS}, got {merger!r}")
+    side = math.isqrt(int(resampler_num_queries))
+    if side * side != resampler_num_queries:
+        raise ValueError(f"resampler_num_queries={resampler_num_queries} must be a square")
+    virtual = np.tile(np.asarray([[1, side * merge_size, side * merge_size]], grid.dtype), (len(grid), 1))
+    return np.where(grid[:, :1] > 0, virtual, 0)
+
+
+def config_llm_grids(grid_thw: np.ndarray | Sequence[Sequence[int]], cfg: ProcessorConfig) -> np.ndarray:
+    """`llm_grids` (int32 [N, 3]) under the processor config's `merger`, `resampler_num_queries`, `merge_size`."""
+    grid = np.asarray(grid_thw, np.int32).reshape(-1, 3)
+    return llm_grids(grid, cfg.merger, cfg.resampler_num_queries, cfg.merge_size)
+
+
+def check_videos_supported(merger: str, n_videos: int) -> None:
+    """ValueError for videos with the resampler: it turns a whole clip into one set of queries, one
+    (1, side, side) token grid with no temporal groups, so there is no place for the per-group timestamps
+    (or time-scaled temporal ids) the prompt gives a video."""
+    if n_videos and merger == "resampler":
+        raise ValueError(f"{n_videos} video(s) with merger='resampler': the resampler pools a whole clip into "
+                         "one grid of queries without temporal groups, so the prompt's per-group timestamps (or "
+                         "time-scaled temporal ids) have no tokens to go with; videos need merger='mlp'")
 
 
 # ----------------------------------------------------------------------------------------------

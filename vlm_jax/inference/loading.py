@@ -74,26 +74,82 @@ def load_model(path: str | os.PathLike) -> tuple[mlc.ConfigDict, dict, Tokenizer
     return config, params, tokenizer
 
 
-def load_processor_config(path: str | os.PathLike) -> proc.ProcessorConfig | None:
-    """The `processor_config.json` of a params dir (or workdir), or None when it has none."""
-    f = (Path(path) if is_hf_checkpoint(path) else resolve_params_dir(path)) / PROCESSOR_CONFIG_FILE
+def _params_dir(path: str | os.PathLike) -> Path:
+    return Path(path) if is_hf_checkpoint(path) else resolve_params_dir(path)
+
+
+def _read_processor_settings(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The keys of the dir's `processor_config.json` as written, or None when it has none."""
+    f = _params_dir(path) / PROCESSOR_CONFIG_FILE
     if not f.is_file():
         return None
     try:
-        return as_processor_config(json.loads(f.read_text()))
-    except (ValueError, TypeError) as e:
+        settings = json.loads(f.read_text())
+    except ValueError as e:
         raise ValueError(f"cannot read {f}: {e}") from e
+    if not isinstance(settings, dict):
+        raise ValueError(f"cannot read {f}: expected a JSON object of processor settings")
+    return settings
+
+
+def load_processor_config(path: str | os.PathLike) -> proc.ProcessorConfig | None:
+    """The `processor_config.json` of a params dir (or workdir), or None when it has none. Keys it lacks
+    (e.g. `merger` in exports from before it was saved) take the processor defaults."""
+    settings = _read_processor_settings(path)
+    if settings is None:
+        return None
+    try:
+        return as_processor_config(settings)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"cannot read {_params_dir(path) / PROCESSOR_CONFIG_FILE}: {e}") from e
+
+
+def _model_merger_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint model's values of the processor's `MERGER_KEYS`; none for a Hugging Face checkpoint
+    (Qwen3-VL: the MLP merger, the processor's default)."""
+    if is_hf_checkpoint(path):
+        return {}
+    from vlm_jax.params.store import load_config
+
+    config = load_config(resolve_params_dir(path))
+    return {key: config[key] for key in proc.MERGER_KEYS}
+
+
+def _with_model_merger(settings: Mapping[str, Any] | None, model: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`settings` (processor keys, or None: the defaults) with the model's merger keys (`model`) where they
+    do not give them: the model decides how many placeholders an image gets. ValueError naming the key when
+    `settings` contradict the model. None when `settings` is None and the model's keys are the defaults."""
+    given = dict(settings or {})
+    for key, value in model.items():
+        if key in given and given[key] != value:
+            raise ValueError(f"processor settings {key}={given[key]!r} differ from the model's {key}={value!r}: "
+                             "the prompts would not have the model's visual token count")
+    defaults = proc.base_config()
+    if settings is None and all(defaults[key] == value for key, value in model.items()):
+        return None
+    return {**given, **{key: value for key, value in model.items() if key not in given}}
 
 
 def processor_config_for(path: str | os.PathLike,
                          override: Mapping[str, Any] | None = None) -> proc.ProcessorConfig | None:
     """The processor settings for a checkpoint: `override` (`ProcessorConfig` fields, e.g. given on a
     command line), else its `processor_config.json`, else None (the defaults) with a warning on stderr:
-    other image sizes than in training change the visual tokens the model sees."""
+    other image sizes than in training change the visual tokens the model sees. The model's `merger` and
+    `resampler_num_queries` fill in where the settings lack them (older exports, hand-written settings);
+    settings that contradict them fail."""
     if override is not None:
-        return as_processor_config(override)
-    found = load_processor_config(path)
-    if found is None:
-        print(f"warning: no {PROCESSOR_CONFIG_FILE} in the checkpoint and no processor settings given: using the "
-              "processor defaults; pass the settings the model was trained with", file=sys.stderr)
-    return found
+        settings = override.to_dict() if hasattr(override, "to_dict") else dict(override)
+    else:
+        settings = _read_processor_settings(path)
+        if settings is None:
+            print(f"warning: no {PROCESSOR_CONFIG_FILE} in the checkpoint and no processor settings given: using "
+                  "the processor defaults; pass the settings the model was trained with", file=sys.stderr)
+    merged = _with_model_merger(settings, _model_merger_settings(path))
+    if merged is None:
+        return None
+    try:
+        return as_processor_config(merged)
+    except (ValueError, TypeError) as e:
+        if override is not None:
+            raise
+        raise ValueError(f"cannot read {_params_dir(path) / PROCESSOR_CONFIG_FILE}: {e}") from e

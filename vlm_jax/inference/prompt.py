@@ -6,8 +6,8 @@
 
 The text is the chat template's generation prompt (`add_generation_prompt=True`; the Thinking template,
 which ends in `<think>\\n`, with `thinking=True`), vision placeholders expanded for the processor's
-grids exactly as in training (`tokenize_conversation`), and the pixel values of every image and video
-in placeholder order (docs/CONTRACTS.md).
+grids exactly as in training (`tokenize_conversation`; with `merger="resampler"`, `resampler_num_queries`
+per image), and the pixel values of every image and video in placeholder order (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def build_prompt(
     if (n_img, n_vid) != (len(images), len(videos)):
         raise ValueError(f"the messages have {n_img} image and {n_vid} video placeholders but {len(images)} "
                          f"images and {len(videos)} videos were given")
+    proc.check_videos_supported(pcfg.merger, len(videos))
 
     outs = {"image": [], "video": []}
     for k, image in enumerate(images):
@@ -117,8 +118,9 @@ def build_prompt(
 
     tokens = tokenize_conversation(
         messages, tok,
-        image_grids=[o["grid_thw"] for o in outs["image"]],
-        video_grids=[o["grid_thw"] for o in outs["video"]],
+        # The placeholders the model's merger makes of each grid; the pixels stay the real patches.
+        image_grids=proc.config_llm_grids([o["grid_thw"] for o in outs["image"]], pcfg),
+        video_grids=proc.config_llm_grids([o["grid_thw"] for o in outs["video"]], pcfg),
         video_timestamps=[o["timestamps"] for o in outs["video"]],
         thinking=thinking, add_generation_prompt=True, merge_size=pcfg.merge_size,
         # "random" is a training augmentation; prompts are deterministic.

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from vlm_jax.data.processor import llm_grids
 from vlm_jax.model import layers
 from vlm_jax.model.decoder import Decoder
 from vlm_jax.model.merger import PatchMerger, Resampler
@@ -23,22 +24,13 @@ from vlm_jax.model.vision import VisionTower
 
 def visual_tokens_per_entry(grid_thw: np.ndarray, config: mlc.ConfigDict) -> np.ndarray:
     """How many placeholder tokens each grid entry expands to in the token sequence."""
-    grid_thw = np.asarray(grid_thw).reshape(-1, 3)
-    if config.merger == "resampler":
-        return np.where(grid_thw[:, 0] > 0, config.resampler_num_queries, 0)
-    return grid_thw.prod(-1) // config.vision.spatial_merge_size ** 2
+    return llm_grid_thw(grid_thw, config).prod(-1) // config.vision.spatial_merge_size ** 2
 
 
 def llm_grid_thw(grid_thw: np.ndarray, config: mlc.ConfigDict) -> np.ndarray:
     """The grids `get_rope_index` should see: the patch grids, or for the resampler the virtual
-    (1, 2*side, 2*side) grid of its side x side queries."""
-    grid_thw = np.asarray(grid_thw).reshape(-1, 3)
-    if config.merger != "resampler":
-        return grid_thw
-    side = int(round(config.resampler_num_queries ** 0.5))
-    m = config.vision.spatial_merge_size
-    out = np.tile(np.asarray([[1, side * m, side * m]], grid_thw.dtype), (len(grid_thw), 1))
-    return np.where(grid_thw[:, :1] > 0, out, 0)
+    (1, 2*side, 2*side) grid of its side x side queries (`processor.llm_grids`, the data side's rule)."""
+    return llm_grids(grid_thw, config.merger, config.resampler_num_queries, config.vision.spatial_merge_size)
 
 
 def check_visual_inputs(config: mlc.ConfigDict, input_ids, pixel_values, grid_thw) -> None:
