@@ -7,6 +7,11 @@
 # per benchmark, pytest's output and every part's stderr in checks.log.
 #
 #     OUT=/tmp/gpu bash benchmarks/gpu_checks.sh
+#
+# A GPU image with JAX, Flax, Optax, Orbax and chex but without this project's other imports needs, for the
+# parts here, grain, array_record, ml_collections, tensorboardX and portpicker: where it has no package index,
+# bring them as wheels for its Python (`pip download --no-deps --only-binary=:all: --python-version ...`) and
+# install them into a folder on PYTHONPATH before running this script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/gpu_checks}"
