@@ -228,6 +228,9 @@ def test_loss_defaults_follow_the_reference():
     ("rollout.seq_len", 40, "seq_len=40"),
     ("tasks", {"count": 1.0, "not_a_task": 1.0}, "not_a_task"),
     ("eval.tasks", ("counting", "nope"), "nope"),
+    ("data.processor.video_time_encoding", "absolute_time", "data.processor.video_time_encoding='absolute_time' "
+                                                            "differs from model.video_time_encoding='timestamps'"),
+    ("data.processor.merger", "resampler", "data.processor.merger='resampler' differs from model.merger='mlp'"),
 ])
 def test_bad_config_fails_naming_the_key(key, value, message):
     c = rl_sapo.get_config()

@@ -220,6 +220,9 @@ def validate(c: mlc.ConfigDict) -> None:
     need(pc["patch_size"] == mc.vision.patch_size and pc["merge_size"] == mc.vision.spatial_merge_size,
          f"data.processor patch_size={pc['patch_size']}, merge_size={pc['merge_size']} differ from the model's "
          f"vision.patch_size={mc.vision.patch_size}, spatial_merge_size={mc.vision.spatial_merge_size}")
+    for key in experiment.LINKED_MODEL_KEYS:  # prompts and positions must be built the way the model reads them
+        need(pc[key] == mc[key], f"data.processor.{key}={pc[key]!r} differs from model.{key}={mc[key]!r}: rollouts "
+                                 f"would build prompts the model is not configured for; set both")
     from vlm_jax.data.synthetic import SyntheticWorld
     from vlm_jax.eval import tasks as eval_tasks
 
