@@ -130,31 +130,29 @@ def bench_config(name: str, args) -> dict:
     c = experiment_config(name, args)
     common.log(f"[{name}] step alone")
     step = bench_step(c, args.step_reps)
-    peak, peak_source = metrics_lib.device_peak_flops(override=c.log.peak_flops_per_device)
+    out = {"config": name, "attention_impl": args.attention_impl,
+           "params": metrics_lib.model_flop_counts(experiment.model_config(c))}
+    if args.loop:
+        common.log(f"[{name}] pipeline alone")
+        pipe = bench_pipeline(c, args.pipeline_batches)
+        common.log(f"[{name}] full loop, {args.steps} steps")
+        # The loop prints its log lines and summary; stdout is for the JSON result only.
+        with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(sys.stderr):
+            summary = train_and_evaluate(c, os.path.join(workdir, "run"))
+        # One peak for both MFUs: the loop's (on CPU a measured matmul, so not measured twice).
+        peak, peak_source = summary["peak_flops_per_device"], summary["peak_flops_source"]
+        loop_tps = summary["tokens_per_second"]
+        out.update(
+            loop={"tokens_per_second": loop_tps, "mfu": summary["mfu"], "steps": summary["steps"],
+                  "compile_seconds": summary["compile_seconds"], "final_loss": summary.get("final_loss")},
+            pipeline=pipe, loop_over_step=loop_tps / step["tokens_per_second"],
+            pipeline_over_loop=pipe["tokens_per_second"] / loop_tps)
+    else:  # the step alone (`--noloop`): one compile of a large model, no pipeline or loop measurement
+        peak, peak_source = metrics_lib.device_peak_flops(override=c.log.peak_flops_per_device)
     peak *= jax.device_count()
-    step_only = {**step, "mfu": step["flops_per_step"] / step["step_seconds"] / peak}
-    head = {"config": name, "attention_impl": args.attention_impl,
-            "params": metrics_lib.model_flop_counts(experiment.model_config(c))}
-    if not args.loop:  # the step alone: no pipeline or loop measurement (one compile of a large model)
-        return {**head, "step_only": step_only, "peak_flops": peak, "peak_flops_source": peak_source}
-    common.log(f"[{name}] pipeline alone")
-    pipe = bench_pipeline(c, args.pipeline_batches)
-    common.log(f"[{name}] full loop, {args.steps} steps")
-    # The loop prints its log lines and summary; stdout is for the JSON result only.
-    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(sys.stderr):
-        summary = train_and_evaluate(c, os.path.join(workdir, "run"))
-    loop_tps = summary["tokens_per_second"]
-    return {
-        **head,
-        "loop": {"tokens_per_second": loop_tps, "mfu": summary["mfu"], "steps": summary["steps"],
-                 "compile_seconds": summary["compile_seconds"], "final_loss": summary.get("final_loss")},
-        "step_only": step_only,
-        "pipeline": pipe,
-        "loop_over_step": loop_tps / step["tokens_per_second"],
-        "pipeline_over_loop": pipe["tokens_per_second"] / loop_tps,
-        "peak_flops": peak,
-        "peak_flops_source": peak_source,
-    }
+    out.update(step_only={**step, "mfu": step["flops_per_step"] / step["step_seconds"] / peak},
+               peak_flops=peak, peak_flops_source=peak_source)
+    return out
 
 
 FLAGS = flags.FlagValues()
