@@ -1,12 +1,13 @@
-"""The GPU kernels compiled for a real GPU (not Pallas interpret mode), against the plain-jnp oracle of
-`test_attention_impls.py`: the Triton flash kernel (`gpu`) and cuDNN (`cudnn`), values and gradients
-with packing, padding, GQA and causal masks, and the model's logits with each against `xla`; the MoE
-layer's ragged grouped matmul against its dense reference. Run on a GPU machine only; CPU CI runs the
-same kernels in interpret mode (`test_attention_impls.py`).
+"""The GPU kernels compiled for a real GPU (not Pallas interpret mode), against the plain-jnp oracle
+(`tests/attention_oracle.py`): the Triton flash kernel (`gpu`) and cuDNN (`cudnn`), values and gradients
+with packing, padding, GQA and causal masks, and the model's logits with `gpu` and `xla_chunked` against
+`xla`; the MoE layer's ragged grouped matmul against its dense reference. Run on a GPU machine only; CPU CI
+runs the same kernels in interpret mode (`test_attention_impls.py`).
 
-    JAX_DEFAULT_MATMUL_PRECISION=highest python -m pytest tests/test_on_gpu.py -q
+    JAX_PLATFORMS=cuda python -m pytest tests/test_on_gpu.py -q
 
-Tolerances: the oracle and `xla` run full-precision float32 matmuls (the precision above); the Triton
+(conftest.py puts JAX on the CPU unless JAX_PLATFORMS says otherwise.) Tolerances: the oracle and `xla` run
+full-precision float32 matmuls (conftest.py sets the "highest" matmul precision); the Triton
 kernel's dots may use TF32 (10 mantissa bits), so its float32 errors are ~1e-3 of the values, not 1e-6.
 """
 
@@ -65,13 +66,17 @@ def test_cudnn_bfloat16_matches_oracle():
     assert max(errs) < BF16_ATOL
 
 
+def _logits(reference, other):
+    """The model's logits under two configs of the same shapes, with the same params and a two-sample input."""
+    params = random_params(reference)
+    ids, pos, seg, grid, px = model_inputs(reference)
+    return seg, [jax.jit(lambda p, c=c: Qwen3VL(c).apply({"params": p}, ids, pos, seg, px, grid)["logits"])(params)
+                 for c in (reference, other)]
+
+
 @pytest.mark.parametrize("impl", ["gpu", "xla_chunked"])
 def test_model_logits_with_gpu_kernels_equal_xla(impl):
-    c_xla, c_impl = small_config(), small_config(attention_impl=impl)
-    params = random_params(c_xla)
-    ids, pos, seg, grid, px = model_inputs(c_xla)
-    logits = [jax.jit(lambda p, c=c: Qwen3VL(c).apply({"params": p}, ids, pos, seg, px, grid)["logits"])(params)
-              for c in (c_xla, c_impl)]
+    seg, logits = _logits(small_config(), small_config(attention_impl=impl))
     valid = np.asarray(seg[0]) != 0
     err = float(np.abs(np.asarray(logits[1])[:, valid] - np.asarray(logits[0])[:, valid]).max())
     print(f"{impl}: max abs logit error {err:.2e}, logit scale {float(np.abs(np.asarray(logits[0])).max()):.2f}")
@@ -79,10 +84,5 @@ def test_model_logits_with_gpu_kernels_equal_xla(impl):
 
 
 def test_ragged_moe_equals_dense_on_gpu():
-    c_dense = small_config(moe=True)
-    c_ragged = small_config(moe=True, **{"text.moe_impl": "ragged"})
-    params = random_params(c_dense)
-    ids, pos, seg, grid, px = model_inputs(c_dense)
-    logits = [jax.jit(lambda p, c=c: Qwen3VL(c).apply({"params": p}, ids, pos, seg, px, grid)["logits"])(params)
-              for c in (c_dense, c_ragged)]
+    _, logits = _logits(small_config(moe=True), small_config(moe=True, **{"text.moe_impl": "ragged"}))
     chex.assert_trees_all_close(logits[1], logits[0], atol=1e-4)
