@@ -282,13 +282,20 @@ def test_megablox_tiling_pads_rows():
     assert gmm_lib.padded_rows(300) == 384 and gmm_lib.megablox_tiling(384, 256, 512) == (128, 128, 128)
 
 
-def test_megablox_interpret_equals_ragged_dot():
-    """13 rows (not a tile multiple) in groups [4, 0, 7] (one empty, 2 rows in no group): values and grads."""
+@pytest.mark.parametrize("impl, sizes", [
+    ("megablox", [4, 0, 7]),
+    ("tiled", [4, 0, 7]),
+    # Groups that straddle, fill and miss tiles (40 rows here), four of them empty: 300 of 310 rows grouped.
+    ("tiled", [0, 70, 64, 1, 0, 0, 100, 0, 65]),
+], ids=["megablox", "tiled", "tiled-many-tiles"])
+def test_grouped_matmul_equals_ragged_dot(impl, sizes):
+    """Rows not a tile multiple, an empty group and rows in no group (zeros out): values and grads."""
     rng = np.random.default_rng(4)
-    lhs = jnp.asarray(rng.normal(size=(13, 16)), jnp.float32)
-    rhs = jnp.asarray(rng.normal(size=(3, 16, 24)), jnp.float32)
-    sizes = jnp.asarray([4, 0, 7], jnp.int32)
-    cot = jnp.asarray(rng.normal(size=(13, 24)), jnp.float32)
+    m = sum(sizes) + 2 + 8 * (len(sizes) > 3)
+    lhs = jnp.asarray(rng.normal(size=(m, 16)), jnp.float32)
+    rhs = jnp.asarray(rng.normal(size=(len(sizes), 16, 24)), jnp.float32)
+    sizes = jnp.asarray(sizes, jnp.int32)
+    cot = jnp.asarray(rng.normal(size=(m, 24)), jnp.float32)
 
     def f(impl):
         def loss(lhs, rhs):
@@ -296,16 +303,18 @@ def test_megablox_interpret_equals_ragged_dot():
             return jnp.sum(out * cot), out
         return jax.tree.map(np.asarray, jax.jit(jax.grad(loss, (0, 1), has_aux=True))(lhs, rhs))
 
-    (g_mb, out_mb), (g_rd, out_rd) = f("megablox"), f("ragged_dot")
-    assert np.all(out_mb[11:] == 0) and np.all(np.isfinite(out_mb))
-    _assert_close((out_mb, g_mb), (out_rd, g_rd))
+    (g_got, out_got), (g_rd, out_rd) = f(impl), f("ragged_dot")
+    assert np.all(out_got[int(sizes.sum()):] == 0) and np.all(np.isfinite(out_got))
+    assert np.all(g_got[0][int(sizes.sum()):] == 0)
+    _assert_close((out_got, g_got), (out_rd, g_rd))
 
 
+@pytest.mark.parametrize("gmm", ["megablox", "tiled"])
 @pytest.mark.parametrize("impl, axes", [("ragged", None), ("expert_parallel", {"expert": 8})],
                          ids=["ragged", "expert_parallel-expert8"])
-def test_megablox_moe_equals_dense(impl, axes, boxed_params, reference):
+def test_grouped_matmul_moe_equals_dense(impl, axes, gmm, boxed_params, reference):
     mesh = None if axes is None else make_mesh(axes)
-    got = _run(_config(impl, gmm="megablox"), boxed_params, *_inputs(), mesh=mesh)
+    got = _run(_config(impl, gmm=gmm), boxed_params, *_inputs(), mesh=mesh)
     _assert_close(got[1], reference[1])
     np.testing.assert_allclose(got[0][1][0], reference[0][1][0], atol=TOL)
 

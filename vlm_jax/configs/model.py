@@ -46,7 +46,7 @@ CHOICES = {
     "text.mrope_layout": ("interleaved", "chunked"),  # model/rope.py
     "text.rope_scaling.rope_type": ("default", "yarn"),  # model/rope.py text_rope_frequencies
     "text.moe_impl": ("ragged", "dense", "expert_parallel"),  # model/moe.py, parallel/expert.py
-    "text.moe_gmm": ("ragged_dot", "megablox"),  # model/grouped_matmul.py GMM_IMPLS
+    "text.moe_gmm": ("ragged_dot", "megablox", "tiled"),  # model/grouped_matmul.py GMM_IMPLS
     "merger": ("mlp", "resampler"),  # model/merger.py, data/processor.py MERGERS
     "remat_policy": ("none", "full", "dots", "dots_no_batch", "minimal"),  # model/layers.py REMAT_POLICIES
     "attention_impl": ("xla", "xla_chunked", "splash", "gpu", "cudnn"),  # kernels/attention.py IMPLS
@@ -123,7 +123,8 @@ def base_config() -> mlc.ConfigDict:
     t.router_aux_loss_coef = 0.001
     t.moe_impl = "ragged"  # "ragged" (sorted tokens + grouped matmul) | "dense" (every expert, for tests)
     # | "expert_parallel" (tokens sent to the devices holding their experts: the mesh's expert axis)
-    t.moe_gmm = "ragged_dot"  # grouped matmul of ragged / expert_parallel: "ragged_dot" | "megablox" (TPU)
+    # grouped matmul of ragged / expert_parallel: "ragged_dot" | "megablox" (TPU) | "tiled" (CPU)
+    t.moe_gmm = "ragged_dot"
     # expert_parallel only: 0 = dropless; c > 0 bounds each expert shard's buffer to c x its balanced
     # share of token copies, dropping (and counting) the rest.
     t.moe_capacity_factor = 0.0
