@@ -26,6 +26,7 @@ setup(
         "pillow>=10",
         "av>=14",  # PyAV (bundles FFmpeg): mp4 / webm / mov / avi / mkv videos, decoding only the sampled frames
         "numpy>=1.26",
+        "scipy>=1.10",  # Hungarian matching of box rewards, t-quantiles of the sweep statistics
         "tensorboardX>=2.6",
         "tqdm>=4.60",
         "matplotlib>=3.8",  # curves.png of every run

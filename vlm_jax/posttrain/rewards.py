@@ -27,10 +27,12 @@ from the prompt's). `reward_for(sample)` picks the task reward by task, then by 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
+import scipy.optimize
 
 from vlm_jax.eval import metrics
 
@@ -94,46 +96,6 @@ def _clip(box: Sequence[float]) -> list[float]:
     return [min(max(float(x), 0.0), metrics.COORD_MAX) for x in box]
 
 
-def _assignment(cost: Sequence[Sequence[float]]) -> list[int]:
-    """Minimum-cost assignment of every row to a distinct column (rows <= columns): the Hungarian
-    algorithm with potentials, O(rows^2 * columns). Returns each row's column.
-
-    scipy's linear_sum_assignment is not a declared dependency, and the few boxes of a reply do not
-    need it; this is exact (not greedy), so swapped or crossing boxes still pair up optimally."""
-    n, m = len(cost), len(cost[0])
-    u, v = [0.0] * (n + 1), [0.0] * (m + 1)  # row / column potentials
-    owner, way = [0] * (m + 1), [0] * (m + 1)  # owner[j]: 1-based row holding column j (0 = free)
-    for i in range(1, n + 1):
-        owner[0], j0 = i, 0
-        minv, used = [math.inf] * (m + 1), [False] * (m + 1)
-        while owner[j0] != 0:  # grow an alternating tree from row i until it reaches a free column
-            used[j0] = True
-            i0, delta, j1 = owner[j0], math.inf, 0
-            for j in range(1, m + 1):
-                if not used[j]:
-                    reduced = cost[i0 - 1][j - 1] - u[i0] - v[j]
-                    if reduced < minv[j]:
-                        minv[j], way[j] = reduced, j0
-                    if minv[j] < delta:
-                        delta, j1 = minv[j], j
-            for j in range(m + 1):
-                if used[j]:
-                    u[owner[j]] += delta
-                    v[j] -= delta
-                else:
-                    minv[j] -= delta
-            j0 = j1
-        while j0:  # flip the augmenting path
-            j1 = way[j0]
-            owner[j0] = owner[j1]
-            j0 = j1
-    cols = [0] * n
-    for j in range(1, m + 1):
-        if owner[j]:
-            cols[owner[j] - 1] = j - 1
-    return cols
-
-
 def matched_iou(pred: Sequence[Sequence[float]], gold: Sequence[Sequence[float]]) -> float:
     """Mean IoU under the one-to-one matching of predicted to gold boxes that maximises total IoU;
     unmatched boxes (on either side) count as 0, so the sum is divided by max(#pred, #gold). Two empty
@@ -141,10 +103,10 @@ def matched_iou(pred: Sequence[Sequence[float]], gold: Sequence[Sequence[float]]
     if not pred or not gold:
         return float(not pred and not gold)
     p, g = [_clip(b) for b in pred], [_clip(b) for b in gold]
-    rows, cols = (p, g) if len(p) <= len(g) else (g, p)  # the assignment wants rows <= columns
-    iou = [[metrics.box_iou(r, c) for c in cols] for r in rows]
-    match = _assignment([[-x for x in row] for row in iou])
-    return sum(iou[i][j] for i, j in enumerate(match)) / max(len(p), len(g))
+    iou = np.asarray([[metrics.box_iou(a, b) for b in g] for a in p], np.float64)
+    # Exact (Hungarian), not greedy: swapped or crossing boxes still pair up optimally.
+    rows, cols = scipy.optimize.linear_sum_assignment(iou, maximize=True)
+    return float(iou[rows, cols].sum()) / max(len(p), len(g))
 
 
 def boxes_matched_reward(sample: Mapping[str, Any], completion: str) -> float:
