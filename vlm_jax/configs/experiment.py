@@ -41,6 +41,18 @@ MERGER_KEYS = processor_lib.MERGER_KEYS
 LINKED_MODEL_KEYS = VIDEO_TIME_KEYS + MERGER_KEYS
 
 
+def linked_key_mismatch(processor: Mapping[str, Any], model: Mapping[str, Any], processor_name: str,
+                        model_name: str) -> str | None:
+    """The message for the first of `LINKED_MODEL_KEYS` whose processor value differs from the model's
+    (named `<processor_name>.<key>` and `<model_name>.<key>`), or None when all agree."""
+    for key in LINKED_MODEL_KEYS:
+        if processor[key] != model[key]:
+            return (f"{processor_name}.{key}={processor[key]!r} differs from {model_name}.{key}={model[key]!r}: "
+                    f"the pipeline would build prompts and positions the model is not configured for; set "
+                    f"{model_name}.{key} (base_config ties the processor's to it)")
+    return None
+
+
 def base_config(size: str = "tiny") -> mlc.ConfigDict:
     """Defaults: the `size` model, base train config, the default synthetic world, eval after training."""
     c = mlc.ConfigDict()
@@ -95,12 +107,10 @@ def validate(c: mlc.ConfigDict) -> None:
     train_config(c)
     from vlm_jax.train import data as data_lib
 
-    pc = data_lib.pipeline_config(c.data, c.train.seed, None).processor
-    for key in LINKED_MODEL_KEYS:
-        if pc[key] != mc[key]:
-            raise ValueError(f"config.data.pipeline.processor.{key}={pc[key]!r} differs from config.model.{key}="
-                             f"{mc[key]!r}: the pipeline would build prompts and positions the model is not "
-                             f"configured for; set config.model.{key} (base_config ties the processor's to it)")
+    mismatch = linked_key_mismatch(data_lib.pipeline_config(c.data, c.train.seed, None).processor, mc,
+                                   "config.data.pipeline.processor", "config.model")
+    if mismatch:
+        raise ValueError(mismatch)
     for name, spec in _plain(c.data.sources).items():
         data_lib.source_config(name, spec)
     data_lib.curriculum_stages(c.data)  # checks every stage
