@@ -3,10 +3,13 @@ thinking budget (tiny random models, CPU, float32)."""
 
 from __future__ import annotations
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
 from tests.helpers import build, random_params, small_config
+from vlm_jax.inference import generate as generate_lib
 from vlm_jax.inference.generate import TRACE_COUNTS, generate, left_pad, resolve_sampling
 from vlm_jax.inference.sampling import SamplingConfig
 from vlm_jax.inference.thinking import ThinkingBudget
@@ -195,6 +198,23 @@ def test_cache_growth_matches_one_big_cache(dense):
     np.testing.assert_array_equal(grown.tokens, ref.tokens)
     np.testing.assert_array_equal(grown_host.tokens, ref.tokens)
     np.testing.assert_array_equal(np.stack(streamed, 1), ref.tokens)
+
+
+def test_unrolled_decode_splits_new_params_without_recompiling(dense):
+    """RL and on-policy distillation generate with new params after every update: the per-layer split of
+    the unrolled decode is traced once for a model's shapes, and new params get new copies."""
+    c, params = dense
+    prompt = [np.arange(20, 30)]
+    kw = dict(max_new_tokens=4, decode_layers="unrolled", pad_token_id=9)
+    generate(c, params, prompt, **kw)
+    before = TRACE_COUNTS["split_layers"]
+    updated = jax.tree.map(lambda x: x * 1.5, params)  # what an optimizer step gives: new arrays, same shapes
+    outs = [generate(c, p, prompt, **kw).tokens for p in (updated, params, updated)]
+    assert TRACE_COUNTS["split_layers"] == before
+    np.testing.assert_array_equal(outs[0], outs[2])
+    stacked = nn.unbox(updated)["decoder"]["layers"]
+    for i, layer in enumerate(generate_lib._layer_params(nn.unbox(updated), c.text.num_layers)):
+        jax.tree.map(lambda got, all_layers, i=i: np.testing.assert_array_equal(got, all_layers[i]), layer, stacked)
 
 
 def test_decode_layer_loops_agree(dense):

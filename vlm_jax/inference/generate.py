@@ -177,6 +177,14 @@ def _lm_head(params: dict, cfg: mlc.ConfigDict, h: jnp.ndarray) -> jnp.ndarray:
 _LAYER_SPLITS: dict[int, tuple[weakref.ref, list]] = {}
 
 
+@functools.partial(jax.jit, static_argnames=("num_layers",))
+def _split_layers(stacked: dict, num_layers: int) -> list[dict]:
+    # One jitted function (not a fresh jit per call): RL and on-policy distillation split new params after
+    # every update, and a fresh lambda recompiled the split each time.
+    TRACE_COUNTS["split_layers"] += 1
+    return [jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(num_layers)]
+
+
 def _layer_params(params: dict, num_layers: int) -> list[dict]:
     """Per-layer copies of the stacked decoder-layer params, kept while the stacked arrays live
     (so repeated `generate` calls with the same params split them once)."""
@@ -185,8 +193,7 @@ def _layer_params(params: dict, num_layers: int) -> list[dict]:
     hit = _LAYER_SPLITS.get(id(leaf))
     if hit is not None and hit[0]() is leaf:
         return hit[1]
-    take = lambda i: lambda p: p[i]
-    per = jax.jit(lambda s: [jax.tree.map(take(i), s) for i in range(num_layers)])(stacked)
+    per = _split_layers(stacked, num_layers)
     _LAYER_SPLITS.clear()  # one model at a time: a second copy of the weights is enough
     _LAYER_SPLITS[id(leaf)] = (weakref.ref(leaf), per)
     weakref.finalize(leaf, _LAYER_SPLITS.pop, id(leaf), None)
