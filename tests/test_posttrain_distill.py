@@ -163,6 +163,14 @@ def test_phases_follow_the_step_counts(dirs):
     assert distill.objective(c, "onpolicy").extra_keys == ("teacher_logp",)
 
 
+def test_sft_control_is_next_token_ce_on_the_same_batches(dirs):
+    """offpolicy "logits" with the "ce" loss: the pipeline's batches, no teacher output in the step (the
+    control of experiments/distill_methods.py)."""
+    c = _small(2, 0, *dirs, offpolicy="logits", offpolicy_loss="ce")
+    base.validate(c)
+    assert distill.phase_of(c, 0) == "offpolicy_logits" and distill.objective(c, "offpolicy_logits") is None
+
+
 def test_cut_placeholders_drops_what_the_forward_cannot_replay():
     from vlm_jax.posttrain.rollout import RolloutBatch
 
@@ -207,7 +215,6 @@ def test_config_validates_at_released_size(name, size):
 
 @pytest.mark.parametrize(("keys", "match"), [
     ({"iterations": 7}, "iterations=7 must equal"),
-    ({"distill.offpolicy_loss": "ce"}, "plain SFT"),
     ({"distill.loss": "kl"}, "distill.loss='kl'"),
     ({"distill.options": {"beta": 0.5}}, "beta"),
     ({"tasks": {"count": 1.0}}, "hold no text task"),

@@ -2,6 +2,8 @@
 
     heldout/<family>[/baseline|/vision_off|/mean_iou|...]   the train loop's held-out evaluation
                                                             (`<run>/eval/results.json`)
+    start/<family>, gain/<family>                           a post-training run's score of its starting params
+                                                            (eval.at_start) and heldout minus it
     <eval>/<family>[/...]                                   an extra evaluation on another world (`extra_eval`,
                                                             `<run>/eval_<eval>/results.json`)
     train/final_loss, train/step_seconds, train/seconds,    the run's summary and metric log
@@ -26,6 +28,7 @@ import ml_collections as mlc
 import numpy as np
 
 HELDOUT = "heldout"
+START, GAIN = "start", "gain"  # a post-training run's starting score and its change (`start_scores`)
 # Keys of an extra evaluation: world overrides, eval task families, items per family (0: the whole split),
 # the vision-off control, the held-out split. Missing ones follow the run's `config.eval`.
 EVAL_KEYS = ("world", "tasks", "num_per_task", "vision_off", "split")
@@ -66,12 +69,49 @@ def train_scores(run_dir: str) -> dict[str, float | None]:
     return out
 
 
+def start_scores(run_dir: str, heldout: Mapping[str, float | None]) -> dict[str, float | None]:
+    """`start/<family>`, the headline metric of a post-training run's evaluation of its starting params
+    (`eval.at_start`: the iteration-0 row of metrics.jsonl), and `gain/<family>` = heldout - start, for
+    every family of `heldout` (`heldout/<family>` scores). Empty when the run has no such row."""
+    from vlm_jax.eval.tasks import FAMILIES
+
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        start = next((r for r in map(json.loads, f) if r.get("step") == 0), None)
+    out: dict[str, float | None] = {}
+    for family in (k.split("/")[1] for k in heldout if k.count("/") == 1):
+        value = (start or {}).get(f"eval/{family}/{FAMILIES[family].metric}") if family in FAMILIES else None
+        if value is None:
+            continue
+        out[f"{START}/{family}"] = float(value)
+        final = heldout.get(f"{HELDOUT}/{family}")
+        out[f"{GAIN}/{family}"] = None if final is None else float(final) - float(value)
+    return out
+
+
+def eval_curve(run_dir: str, family: str) -> list[tuple[int, float]]:
+    """(step, headline metric) of every held-out evaluation a run logged for `family` (metrics.jsonl)."""
+    from vlm_jax.eval.tasks import FAMILIES
+
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if family not in FAMILIES or not os.path.exists(path):
+        return []
+    key = f"eval/{family}/{FAMILIES[family].metric}"
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    points = {int(r["step"]): float(r[key]) for r in rows if r.get(key) is not None}  # a resumed run: the last
+    return sorted(points.items())
+
+
 def run_scores(run_dir: str, eval_names: tuple[str, ...] = ()) -> dict[str, float | None]:
     """Every score of a finished run (see the module docstring), without the experiment's own `measure`."""
     out = train_scores(run_dir)
     held = _read_json(os.path.join(run_dir, "eval", "results.json"))
     if held is not None:
         out.update(eval_scores(held, HELDOUT))
+        out.update(start_scores(run_dir, out))
     for name in eval_names:
         res = _read_json(extra_eval_path(run_dir, name))
         if res is not None:

@@ -1,5 +1,7 @@
 """One PNG per metric of a sweep: each arm's mean over seeds with a +- std error bar, every seed as a dot,
-and the constant-answer baseline (when the runs recorded one) as a dashed line."""
+and the constant-answer baseline (when the runs recorded one) as a dashed line. Runs that evaluated
+during training (post-training runs: `eval.every`, `eval.at_start`) also get one curve per family: the
+held-out score against the iteration, a thin line per seed and the arm's mean over seeds."""
 
 from __future__ import annotations
 
@@ -45,6 +47,35 @@ def plot_metric(metric_summary: Mapping[str, Any], arms: Sequence[str], *, metri
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_curves(curves: Mapping[str, Mapping[int, Sequence[tuple[int, float]]]], *, metric: str, arm_key: str,
+                path: str | Path) -> Path:
+    """Writes the held-out curves of one metric, {arm: {seed: [(step, value), ...]}}, to `path`: each seed
+    a thin line, each arm's mean over the seeds that reached a step a thick one."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    try:
+        for i, (arm, seeds) in enumerate(curves.items()):
+            color = f"C{i % 10}"
+            by_step: dict[int, list[float]] = {}
+            for points in seeds.values():
+                steps, values = zip(*sorted(points)) if points else ((), ())
+                ax.plot(steps, values, color=color, alpha=0.35, linewidth=0.8)
+                for step, value in points:
+                    by_step.setdefault(step, []).append(value)
+            steps = sorted(by_step)
+            ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], color=color, linewidth=2.2,
+                    marker="o", markersize=3, label=f"{arm_key}={arm} (n={len(seeds)})")
+        ax.set_xlabel("iteration")
+        ax.set_title(f"{metric} during training (thin: seeds; thick: mean)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=110)

@@ -25,7 +25,7 @@ from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
 # Metric names whose last part ends so are better when lower (times, losses, error rates).
-LOWER_IS_BETTER = ("_ms", "seconds", "loss", "cer", "malformed_rate")
+LOWER_IS_BETTER = ("_ms", "seconds", "loss", "cer", "malformed_rate", "collapsed")
 
 
 @dataclasses.dataclass(frozen=True)

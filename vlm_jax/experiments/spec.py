@@ -7,7 +7,8 @@ An experiment file (`experiments/ablate_*.py`) answers one question. It defines
     REFERENCE = False             the arm the others are compared with (default: the first run's)
     EXPECTED = {True: +1}         optional: per arm, the sign the claim expects of arm - reference
                                   (+1 better, -1 worse, 0 no difference), or {metric glob: sign}
-    def get_config(arg)           one run's experiment config; arg: "deepstack=False,seed=1,..."
+    def get_config(arg)           one run's experiment config (or post-training config: RL or
+                                  distillation); arg: "deepstack=False,seed=1,..."
     def sweep(add, arg)           calls add(**options) once per run; seeds are an option ("seed")
     def metrics(arg)              the score names to tabulate and plot ("heldout/counting", ...)
     def evals(arg)                optional: extra held-out evaluations {name: {world, tasks, ...}}
@@ -48,6 +49,18 @@ class Run:
     arg: str
     arm: str
     seed: int
+
+
+def is_posttrain(config: mlc.ConfigDict) -> bool:
+    """Whether `config` is a post-training config (`vlm_jax/configs/posttrain`: RL or distillation)."""
+    return "method" in config
+
+
+def length(config: mlc.ConfigDict) -> str:
+    """A run's length for listings: train steps, or post-training iterations."""
+    if is_posttrain(config):
+        return f"iterations={config.iterations}"
+    return f"steps={config.train.num_train_steps}"
 
 
 def run_name(options: Mapping[str, Any]) -> str:
@@ -130,11 +143,13 @@ class Experiment:
         return ref
 
     def config(self, run: Run) -> mlc.ConfigDict:
-        """The run's experiment config (`get_config(run.arg)`), validated."""
+        """The run's config (`get_config(run.arg)`): an experiment config, or a post-training one
+        (`is_posttrain`), validated."""
         from vlm_jax.configs import experiment
+        from vlm_jax.configs.posttrain import base as posttrain
 
         c = self.module.get_config(run.arg)
-        experiment.validate(c)
+        (posttrain.validate if is_posttrain(c) else experiment.validate)(c)
         return c
 
     def metrics(self) -> list[str]:

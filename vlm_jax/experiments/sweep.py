@@ -35,7 +35,7 @@ import ml_collections as mlc
 from absl import flags
 
 from vlm_jax import cli
-from vlm_jax.experiments import measure, plots, results
+from vlm_jax.experiments import measure, plots, results, spec
 from vlm_jax.experiments.spec import Experiment, Run, load_experiment
 
 CONFIG_FILE = "sweep_config.json"  # the run's config, to refuse mixing two configs in one run directory
@@ -54,7 +54,13 @@ flags.mark_flag_as_required("config", flag_values=FLAGS)
 
 
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains, exports and evaluates one run (the seam tests replace)."""
+    """Trains, exports and evaluates one run (the seam tests replace): the train loop, or the post-training
+    loop of a post-training config (`spec.is_posttrain`), which writes the same final/, eval/results.json and
+    summary.json."""
+    if spec.is_posttrain(config):
+        from vlm_jax.posttrain import distill, rl
+
+        return (rl if config.method == "rl" else distill).run(config, workdir)
     from vlm_jax.train.loop import train_and_evaluate
 
     return train_and_evaluate(config, workdir)
@@ -115,8 +121,8 @@ def execute(exp: Experiment, run: Run, config: mlc.ConfigDict, run_dir: str) -> 
     if not trained(run_dir, config):
         train(config, run_dir)
     evals = exp.evals()
-    for name, spec in evals.items():
-        measure.extra_eval(config, run_dir, name, spec)
+    for name, eval_spec in evals.items():
+        measure.extra_eval(config, run_dir, name, eval_spec)
     extra = _read_json(os.path.join(run_dir, MEASURE_FILE))
     if extra is None:
         extra = {k: float(v) for k, v in exp.measure(run, config, run_dir).items()}
@@ -158,6 +164,17 @@ def write_results(exp: Experiment, runs: Sequence[Run], records: Sequence[dict[s
         plots.plot_metric(summary["metrics"][m], summary["arms"], metric=m, arm_key=exp.arm_key, reference=reference,
                           path=path, baseline=sum(base) / len(base) if base else None)
         pngs[m] = path
+    for m in metrics:  # held-out curves of runs that evaluated during training
+        family = m.split("/")[1] if m.startswith(f"{measure.HELDOUT}/") and m.count("/") == 1 else None
+        curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
+        for r in records if family else ():
+            points = measure.eval_curve(r["run_dir"], family)
+            if len(points) >= 2:
+                curves.setdefault(r["arm"], {})[r["seed"]] = points
+        if curves:
+            path = os.path.join(plot_dir, "curve_" + plots.file_name(m))
+            plots.plot_curves(curves, metric=m, arm_key=exp.arm_key, path=path)
+            pngs[f"{m} during training"] = path
     notes = [f"config: `{exp.path.name}{':' + exp.arg if exp.arg else ''}`; run directories under `{out_dir}`"]
     pending = [n for n, s in status.items() if s != "done"]
     if pending:
@@ -181,7 +198,10 @@ def write_results(exp: Experiment, runs: Sequence[Run], records: Sequence[dict[s
 def check_batches(config: mlc.ConfigDict, num_samples: int = 16) -> None:
     """ValueError when a packed training batch of `config` does not fit its model (placeholder tokens vs
     the visual tokens the model makes of the batch's grids, patch sizes): caught before hours of runs
-    rather than by a silently misaligned train step or a failed evaluation."""
+    rather than by a silently misaligned train step or a failed evaluation. Post-training configs build
+    their prompts in the loop; their validation checks the processor against the model."""
+    if spec.is_posttrain(config):
+        return
     from vlm_jax.configs import experiment
     from vlm_jax.model.vlm import check_visual_inputs
     from vlm_jax.train import data as data_lib
@@ -213,9 +233,9 @@ def check_runs(exp: Experiment, runs: Sequence[Run], chosen: Sequence[Run], out_
     configs = {r.name: exp.config(r) for r in runs}
     evals = exp.evals()
     for r in runs:
-        for name, spec in evals.items():
+        for name, eval_spec in evals.items():
             try:
-                measure.eval_spec(configs[r.name], spec, name)
+                measure.eval_spec(configs[r.name], eval_spec, name)
             except ValueError as e:
                 raise ValueError(f"run {r.name}: {e}") from e
     first_of_arm: dict[str, Run] = {}
@@ -251,7 +271,7 @@ def run_sweep(exp: Experiment, workdir: str, *, only: str | None = None, dry_run
         for r in runs:
             c = configs[r.name]
             print(f"{'*' if r in chosen else ' '} {r.name:<{width}}  {run_state(os.path.join(out_dir, r.name), c):<8} "
-                  f"steps={c.train.num_train_steps}  arg={r.arg}")
+                  f"{spec.length(c)}  arg={r.arg}")
         return 0
     failed = []
     for i, run in enumerate(chosen):

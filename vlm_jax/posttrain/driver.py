@@ -33,11 +33,14 @@ def run_iterations(*, workdir: str, ckpt: Any, state: Any, start: int, iteration
                    data_state: Callable[[int], Mapping[str, Any]],
                    log_line: Callable[[int, Row], str],
                    evaluate: Callable[[Any], Row] | None = None, eval_every: int = 0,
-                   tensorboard: bool = True, save_on_sigterm: bool = True) -> LoopResult:
+                   eval_at_start: bool = False, tensorboard: bool = True,
+                   save_on_sigterm: bool = True) -> LoopResult:
     """Runs iterations start+1 .. `iterations`: `step(state, it)` -> (state, metrics row); every
     `eval_every` iterations and at the last one, `evaluate(params)` joins the row; the row is written
     (JSONL + TensorBoard) and `log_line(it, row)` printed; `ckpt` saves `data_state(it)` with the state
-    on its schedule, and once more after the loop. A SIGTERM stops after the current iteration."""
+    on its schedule, and once more after the loop. With `eval_at_start`, a fresh run (start 0) first
+    evaluates the starting params and writes that row as iteration 0: the curve's first point, and what
+    a run's gain is measured from. A SIGTERM stops after the current iteration."""
     writer = metrics_lib.MetricWriter(workdir, tensorboard=tensorboard)
     guard = checkpoint_lib.PreemptionGuard() if save_on_sigterm else None
     history: list[Row] = []
@@ -45,6 +48,11 @@ def run_iterations(*, workdir: str, ckpt: Any, state: Any, start: int, iteration
     stopped_early = False
     it = start
     try:
+        if evaluate is not None and eval_at_start and start == 0:
+            start_eval = evaluate(state.params)
+            writer.write(0, start_eval)
+            print("iteration 0 (start): " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(start_eval.items())
+                                                     if k.startswith("eval/") and k.count("/") == 1), flush=True)
         while it < iterations:
             t0 = time.perf_counter()
             state, row = step(state, it)

@@ -483,7 +483,8 @@ def run(config: mlc.ConfigDict, workdir: str, *, reward_fn: RewardFn | None = No
     res = driver.run_iterations(
         workdir=workdir, ckpt=ckpt, state=state, start=start_it, iterations=config.iterations, step=step,
         data_state=lambda it: {"iteration": it, "prompt_cursor": cursor}, log_line=log_line, evaluate=evaluate,
-        eval_every=e.every, tensorboard=config.log.tensorboard, save_on_sigterm=kc.save_on_sigterm)
+        eval_every=e.every, eval_at_start=e.at_start, tensorboard=config.log.tensorboard,
+        save_on_sigterm=kc.save_on_sigterm)
     state, it, history, stopped_early = res.state, res.iterations, res.history, res.stopped_early
     summary: dict[str, Any] = {
         "workdir": workdir, "method": "rl", "loss": config.loss.name, "model": mc.name, "iterations": it,

@@ -32,8 +32,8 @@ size, for validation (`validate`), not for a CPU.
     iterations, ppo_epochs, minibatches   RL iterations; passes over each rollout batch; optimizer
                    updates per pass (GSPO: 4)
     eval           held-out evaluation (the eval harness on the world's held-out split): tasks (families),
-                   split, num_per_task, every (iterations; 0 = only after the last), batch_size,
-                   max_new_tokens
+                   split, num_per_task, every (iterations; 0 = only after the last), at_start (also
+                   the starting params, as iteration 0), batch_size, max_new_tokens
     log            tensorboard; kl_to_start (report the k3 KL to the start params even when beta = 0:
                    one extra forward of the frozen start params per rollout batch)
     distill        teacher_from (the teacher's export), teacher_size ("" = the export's own model config; a
@@ -117,7 +117,8 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     d.tokenizer = ""
     d.world = {}
     d.processor = processor_lib.base_config()
-    if tiny:  # the settings the zoo student trained with
+    if tiny:  # the world (prompt layout included: questions before images) and settings the zoo student trained with
+        d.world = {k: v for k, v in zc.data.sources.synthetic.world.items() if k != "tasks"}
         zp = zc.data.pipeline.processor
         d.processor.update(patch_size=zp.patch_size, min_pixels=zp.min_pixels, max_pixels=zp.max_pixels)
     c.tasks = dict(RL_TASKS)
@@ -154,6 +155,7 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     e.split = "eval"
     e.num_per_task = 50 if tiny else 200
     e.every = 25 if tiny else 50
+    e.at_start = False  # also evaluate the starting params, logged as iteration 0
     e.batch_size = 32
     e.max_new_tokens = r.max_new_tokens
 
@@ -220,9 +222,8 @@ def validate(c: mlc.ConfigDict) -> None:
     need(pc["patch_size"] == mc.vision.patch_size and pc["merge_size"] == mc.vision.spatial_merge_size,
          f"data.processor patch_size={pc['patch_size']}, merge_size={pc['merge_size']} differ from the model's "
          f"vision.patch_size={mc.vision.patch_size}, spatial_merge_size={mc.vision.spatial_merge_size}")
-    for key in experiment.LINKED_MODEL_KEYS:  # prompts and positions must be built the way the model reads them
-        need(pc[key] == mc[key], f"data.processor.{key}={pc[key]!r} differs from model.{key}={mc[key]!r}: rollouts "
-                                 f"would build prompts the model is not configured for; set both")
+    mismatch = experiment.linked_key_mismatch(pc, mc, "data.processor", "model")  # rollouts build prompts too
+    need(mismatch is None, mismatch)
     from vlm_jax.data.synthetic import SyntheticWorld
     from vlm_jax.eval import tasks as eval_tasks
 
