@@ -47,12 +47,10 @@ def plot_metric(metric_summary: Mapping[str, Any], arms: Sequence[str], *, metri
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=110)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return _save(fig, path)
 
 
 def plot_curves(curves: Mapping[str, Mapping[int, Sequence[tuple[int, float]]]], *, metric: str, arm_key: str,
@@ -76,6 +74,15 @@ def plot_curves(curves: Mapping[str, Mapping[int, Sequence[tuple[int, float]]]],
         ax.set_title(f"{metric} during training (thin: seeds; thick: mean)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lays out, writes and closes `fig`."""
+    try:
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=110)
