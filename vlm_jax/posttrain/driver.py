@@ -51,8 +51,9 @@ def run_iterations(*, workdir: str, ckpt: Any, state: Any, start: int, iteration
         if evaluate is not None and eval_at_start and start == 0:
             start_eval = evaluate(state.params)
             writer.write(0, start_eval)
-            print("iteration 0 (start): " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(start_eval.items())
-                                                     if k.startswith("eval/") and k.count("/") == 1), flush=True)
+            print("iteration 0 (start): " + "  ".join(f"{k.removeprefix('eval/')} {v:.3f}"
+                                                     for k, v in sorted(start_eval.items()) if v is not None),
+                  flush=True)
         while it < iterations:
             t0 = time.perf_counter()
             state, row = step(state, it)
