@@ -24,6 +24,7 @@ NEEDS = {("merger", "resampler"): {"deepstack": False, "vision.deepstack_layers"
          ("attention_impl", "splash"): {"attention_interpret": True},
          ("attention_impl", "gpu"): {"attention_interpret": True},
          ("text.moe_gmm", "megablox"): {"text.moe_impl": "ragged"},
+         ("text.moe_gmm", "tiled"): {"text.moe_impl": "ragged"},
          ("text.rope_scaling.rope_type", "yarn"): {"text.rope_scaling.factor": 4.0,
                                                    "text.rope_scaling.original_max_position_embeddings": 64}}
 
