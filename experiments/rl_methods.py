@@ -26,8 +26,6 @@ Budget (2-core CPU): about 1 s of rollout and 1 s of update an iteration at 8 x 
 so 150 iterations are ~5 min, plus 4 held-out evaluations of 3,000 items; 9 runs ~1 h.
 """
 
-import json
-import os
 import statistics
 
 import ml_collections as mlc
@@ -35,6 +33,7 @@ import ml_collections as mlc
 from vlm_jax.configs import synthetic_tiny, zoo
 from vlm_jax.configs.posttrain import rl_grpo, rl_gspo, rl_sapo
 from vlm_jax.experiments import common
+from vlm_jax.experiments import measure as measure_lib
 
 CLAIM = ("RL with SAPO (DIGEST: reasoning RL) raises held-out scores on verifiable tasks, and SAPO's soft "
          "sigmoid gate trains more stably than the hard clips of GRPO and GSPO (POSTTRAIN.md: SAPO).")
@@ -89,8 +88,7 @@ def metrics(arg=None):
 
 def measure(arg, config, run_dir):
     """Training stability from the run's metric log: first and last tenth of the iterations."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [r for r in map(json.loads, f) if r.get("step", 0) >= 1 and "reward/mean" in r]
+    rows = [r for r in measure_lib.metric_rows(run_dir) if r.get("step", 0) >= 1 and "reward/mean" in r]
     if not rows:
         return {}
     tenth = max(1, len(rows) // 10)

@@ -84,8 +84,9 @@ def test_start_and_gain_scores_and_curves(tmp_path):
     assert scores["heldout/counting"] == pytest.approx(0.40)
     assert scores["start/counting"] == pytest.approx(0.25) and scores["gain/counting"] == pytest.approx(0.15)
     assert "start/grounding" not in scores  # no starting score logged for it
-    assert measure.eval_curve(str(tmp_path), "counting") == [(0, 0.25), (50, 0.325), (100, 0.40)]
-    assert measure.eval_curve(str(tmp_path), "grounding") == []
+    curves = measure.eval_curves(str(tmp_path), ["counting", "grounding"])
+    assert curves["counting"] == [(0, 0.25), (50, 0.325), (100, 0.40)]
+    assert curves["grounding"] == []
     # A run without an iteration-0 evaluation (the train loop's runs) has no start or gain.
     with open(tmp_path / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 1, "loss": 1.0}) + "\n")

@@ -21,7 +21,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections as mlc
@@ -59,27 +59,28 @@ def train_scores(run_dir: str) -> dict[str, float | None]:
                       ("compile_seconds", "compile_seconds")):
         if summary.get(key) is not None:
             out[f"train/{name}"] = float(summary[key])
-    steps = []
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            steps = [r["step_seconds"] for r in map(json.loads, f) if r.get("step_seconds") is not None]
+    steps = [r["step_seconds"] for r in metric_rows(run_dir) if r.get("step_seconds") is not None]
     if steps:
         out["train/step_seconds"] = float(statistics.median(steps))
     return out
 
 
-def start_scores(run_dir: str, heldout: Mapping[str, float | None]) -> dict[str, float | None]:
+def metric_rows(run_dir: str) -> list[dict[str, Any]]:
+    """The rows of a run's `metrics.jsonl` (one per logged step), or [] when it has none."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def start_scores(rows: list[dict[str, Any]], heldout: Mapping[str, float | None]) -> dict[str, float | None]:
     """`start/<family>`, the headline metric of a post-training run's evaluation of its starting params
-    (`eval.at_start`: the iteration-0 row of metrics.jsonl), and `gain/<family>` = heldout - start, for
+    (`eval.at_start`: the iteration-0 row of its `metric_rows`), and `gain/<family>` = heldout - start, for
     every family of `heldout` (`heldout/<family>` scores). Empty when the run has no such row."""
     from vlm_jax.eval.tasks import FAMILIES
 
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        start = next((r for r in map(json.loads, f) if r.get("step") == 0), None)
+    start = next((r for r in rows if r.get("step") == 0), None)
     out: dict[str, float | None] = {}
     for family in (k.split("/")[1] for k in heldout if k.count("/") == 1):
         value = (start or {}).get(f"eval/{family}/{FAMILIES[family].metric}") if family in FAMILIES else None
@@ -91,18 +92,17 @@ def start_scores(run_dir: str, heldout: Mapping[str, float | None]) -> dict[str,
     return out
 
 
-def eval_curve(run_dir: str, family: str) -> list[tuple[int, float]]:
-    """(step, headline metric) of every held-out evaluation a run logged for `family` (metrics.jsonl)."""
+def eval_curves(run_dir: str, families: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
+    """Per family of `families`: (step, headline metric) of every held-out evaluation the run logged."""
     from vlm_jax.eval.tasks import FAMILIES
 
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if family not in FAMILIES or not os.path.exists(path):
-        return []
-    key = f"eval/{family}/{FAMILIES[family].metric}"
-    with open(path) as f:
-        rows = [json.loads(line) for line in f]
-    points = {int(r["step"]): float(r[key]) for r in rows if r.get(key) is not None}  # a resumed run: the last
-    return sorted(points.items())
+    rows = metric_rows(run_dir)
+    out = {}
+    for family in families:
+        key = f"eval/{family}/{FAMILIES[family].metric}" if family in FAMILIES else None
+        points = {int(r["step"]): float(r[key]) for r in rows if key and r.get(key) is not None}  # resumed: the last
+        out[family] = sorted(points.items())
+    return out
 
 
 def run_scores(run_dir: str, eval_names: tuple[str, ...] = ()) -> dict[str, float | None]:
@@ -111,7 +111,7 @@ def run_scores(run_dir: str, eval_names: tuple[str, ...] = ()) -> dict[str, floa
     held = _read_json(os.path.join(run_dir, "eval", "results.json"))
     if held is not None:
         out.update(eval_scores(held, HELDOUT))
-        out.update(start_scores(run_dir, out))
+        out.update(start_scores(metric_rows(run_dir), out))
     for name in eval_names:
         res = _read_json(extra_eval_path(run_dir, name))
         if res is not None:

@@ -164,13 +164,14 @@ def write_results(exp: Experiment, runs: Sequence[Run], records: Sequence[dict[s
         plots.plot_metric(summary["metrics"][m], summary["arms"], metric=m, arm_key=exp.arm_key, reference=reference,
                           path=path, baseline=sum(base) / len(base) if base else None)
         pngs[m] = path
-    for m in metrics:  # held-out curves of runs that evaluated during training
-        family = m.split("/")[1] if m.startswith(f"{measure.HELDOUT}/") and m.count("/") == 1 else None
+    # Held-out curves of runs that evaluated during training: each run's log read once.
+    families = {m: m.split("/")[1] for m in metrics if m.startswith(f"{measure.HELDOUT}/") and m.count("/") == 1}
+    run_curves = [measure.eval_curves(r["run_dir"], list(families.values())) for r in records] if families else []
+    for m, family in families.items():
         curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
-        for r in records if family else ():
-            points = measure.eval_curve(r["run_dir"], family)
-            if len(points) >= 2:
-                curves.setdefault(r["arm"], {})[r["seed"]] = points
+        for r, points in zip(records, run_curves):
+            if len(points[family]) >= 2:
+                curves.setdefault(r["arm"], {})[r["seed"]] = points[family]
         if curves:
             path = os.path.join(plot_dir, "curve_" + plots.file_name(m))
             plots.plot_curves(curves, metric=m, arm_key=exp.arm_key, path=path)
