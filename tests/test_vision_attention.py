@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import LAYOUTS, TOL, build, positions, small_config
 from vlm_jax.kernels import attention as attn
-from vlm_jax.kernels.attention import segment_attention, segments_fit_blocks, segments_within_blocks
+from vlm_jax.kernels.attention import segment_attention, segment_blocks, segments_fit_blocks, segments_within_blocks
 from vlm_jax.model.vlm import Qwen3VL
 
 
@@ -42,14 +42,30 @@ def _assert_blocked_equals_dense(q, k, v, seg, block):
 
 
 @pytest.mark.parametrize("lengths,pad,block,path", [
-    ([16, 16, 8, 8, 16], 37, 16, 2),  # every frame inside one block: the own-block path
+    ([16, 16, 8, 8, 16], 37, 16, 2),  # every frame inside one block: a block per segment
     ([16, 16, 8, 8, 16], 0, 16, 2),   # ... with no padding at all
-    ([12, 16, 4, 16], 16, 16, 1),     # frames straddle boundaries but fit: the neighbour path
+    ([12, 16, 4, 16], 16, 16, 2),     # frames straddle block boundaries: gathered, a block each
+    ([12, 16, 4, 16], 0, 16, 1),      # four misaligned segments, three blocks: the neighbour path
+    ([10, 13, 12, 11], 3, 16, 2),     # frames smaller than the block, misaligned (as 196-patch images, block 256)
 ])
 def test_each_path_equals_dense_values_and_gradients(lengths, pad, block, path):
     q, k, v, seg = _flat(lengths, pad=pad)
     assert int(attn._path_index(seg, block)) == path
     _assert_blocked_equals_dense(q, k, v, seg, block)
+
+
+def test_segment_blocks_layout():
+    seg = lambda *xs: jnp.asarray(xs, jnp.int32)
+    dest, fits = segment_blocks(seg(1, 1, 1, 2, 2, 0, 0, 0), 4)
+    assert bool(fits) and np.asarray(dest).tolist() == [0, 1, 2, 4, 5, 8, 8, 8]  # padding: out of range
+    # Windows: id 1 in two runs still shares one block, in patch order.
+    dest, fits = segment_blocks(seg(1, 1, 2, 2, 1, 1, 0, 0), 4)
+    assert bool(fits) and np.asarray(dest).tolist() == [0, 1, 4, 5, 2, 3, 8, 8]
+    assert not bool(segment_blocks(seg(1, 1, 1, 1, 1, 2, 2, 0), 4)[1])  # a segment longer than the block
+    assert not bool(segment_blocks(seg(1, 2, 2, 3), 2)[1])  # three misaligned segments, two blocks
+    # Aligned frames stay in place, several to a block.
+    dest, fits = segment_blocks(seg(1, 1, 2, 3, 4, 4, 0, 0), 4)
+    assert bool(fits) and np.asarray(dest).tolist() == [0, 1, 2, 3, 4, 5, 8, 8]
 
 
 def test_segments_within_blocks():
@@ -58,6 +74,15 @@ def test_segments_within_blocks():
     assert not bool(segments_within_blocks(seg(1, 2, 2, 3, 3, 3, 0, 0), 2))  # frame 2 crosses a boundary
     assert bool(segments_within_blocks(seg(1, 1, 2, 2, 0, 0, 0, 0), 4))     # padding runs may cross
     assert not bool(segments_within_blocks(seg(1, 1, 2, 2, 1, 1, 0, 0), 2))  # id 1 in two blocks (windows)
+
+
+def test_windows_split_across_runs_equal_dense():
+    # Window ids recur in several runs (patches in merge-block order): the gathered path groups them.
+    q, k, v, _ = _flat([8] * 6, pad=5, seed=2)
+    seg = jnp.asarray(np.r_[np.tile(np.repeat([1, 2], 4), 3), np.tile(np.repeat([3, 4], 4), 3), np.zeros(5)],
+                      jnp.int32)
+    assert int(attn._path_index(seg, 16)) == 2
+    _assert_blocked_equals_dense(q, k, v, seg, 16)
 
 
 def test_segments_fit_blocks_ignores_padding_runs():
