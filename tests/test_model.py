@@ -46,6 +46,20 @@ def _loss(c, params, ids, pos, grid, px):
     return jnp.mean(jax.nn.logsumexp(out["logits"], -1)) + 0.1 * out["aux_loss"]
 
 
+def test_unrolled_layer_scans_give_the_same_logits_and_gradients():
+    # scan_unroll changes only how the layer loops are compiled: same param tree, same numbers.
+    c = small_config()
+    ids, pos, grid, px = _inputs(c, "two_images")
+    params = random_params(c)
+    cu = small_config(scan_unroll=3)
+    assert jax.tree.structure(params) == jax.tree.structure(random_params(cu))
+    (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(lambda p, c=c: _loss(c, p, ids, pos, grid, px)))(params)
+                          for c in (c, cu))
+    assert float(l0) == pytest.approx(float(l1), abs=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.slow  # 27 to 133 s on 2 cores; `pytest -m slow` runs it
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_policies_give_the_same_gradients(policy):

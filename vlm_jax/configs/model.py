@@ -162,6 +162,10 @@ def base_config() -> mlc.ConfigDict:
     c.param_dtype = "float32"
     c.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
     c.remat_policy = "none"  # "none" | "full" | "dots" | "dots_no_batch" | "minimal"
+    # Layers per iteration of the layer scans (decoder and ViT). At least the depth unrolls them fully:
+    # straight-line code with no per-layer residuals stacked into scan buffers, faster for a few small
+    # layers on CPU, at a longer compile. The param tree is the same either way.
+    c.scan_unroll = 1
     # "xla" | "xla_chunked" (flash attention in plain JAX, memory linear in length) | "splash" (TPU) |
     # "gpu" (Pallas Triton, CUDA) | "cudnn" (GPU, bfloat16/float16 compute); see vlm_jax/kernels/attention.py.
     c.attention_impl = "xla"
@@ -185,11 +189,15 @@ def get_config(size: str = "tiny") -> mlc.ConfigDict:
     c = base_config()
     c.name = f"qwen3-vl-{size}"
     if size in ("tiny", "tiny-moe"):
+        # ViT attention a block per frame of up to 256 patches (224 x 224 images at patch 16), as
+        # HF attends per image; exact for any input (kernels/attention.py falls back otherwise).
         c.vision.update(depth=4, hidden_size=64, intermediate_size=128, num_heads=4,
-                        num_position_embeddings=64, deepstack_layers=(1, 2), full_attention_layers=(1, 3))
+                        num_position_embeddings=64, deepstack_layers=(1, 2), full_attention_layers=(1, 3),
+                        attention_block=256)
         c.text.update(vocab_size=1024, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4,
                       num_kv_heads=2, head_dim=32, mrope_section=(6, 5, 5), tie_word_embeddings=True,
                       max_position_embeddings=8192)
+        c.scan_unroll = 4  # every layer scan unrolled (see base_config)
         # Special tokens sit at the synthetic-world tokenizer's ids (data/build_tokenizer.py).
         c.update(image_token_id=TINY_TOKEN_IDS["image"], video_token_id=TINY_TOKEN_IDS["video"],
                  vision_start_token_id=TINY_TOKEN_IDS["vision_start"], vision_end_token_id=TINY_TOKEN_IDS["vision_end"])
@@ -197,7 +205,8 @@ def get_config(size: str = "tiny") -> mlc.ConfigDict:
             c.text.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64)
     elif size == "100m":
         c.vision.update(depth=6, hidden_size=384, intermediate_size=1536, num_heads=6,
-                        num_position_embeddings=1024, deepstack_layers=(1, 3, 5), full_attention_layers=(2, 5))
+                        num_position_embeddings=1024, deepstack_layers=(1, 3, 5), full_attention_layers=(2, 5),
+                        attention_block=256)
         c.update(image_token_id=TINY_TOKEN_IDS["image"], video_token_id=TINY_TOKEN_IDS["video"],
                  vision_start_token_id=TINY_TOKEN_IDS["vision_start"], vision_end_token_id=TINY_TOKEN_IDS["vision_end"])
         c.text.update(vocab_size=32768, hidden_size=512, intermediate_size=2048, num_layers=12, num_heads=8,
@@ -231,6 +240,7 @@ def validate(c: mlc.ConfigDict) -> None:
         value = (c[section] if section else c)[leaf]
         need(value in choices, f"{key}={value!r} (expected one of {', '.join(choices)})")
     need(v.attention_block >= 0, f"vision.attention_block={v.attention_block} must be >= 0")
+    need(c.scan_unroll >= 1, f"scan_unroll={c.scan_unroll} must be >= 1")
     unit = v.patch_size * v.spatial_merge_size
     need(v.window_size % unit == 0, f"vision.window_size={v.window_size} is not a multiple of {unit} pixels")
     need(t.num_heads % t.num_kv_heads == 0, f"text.num_heads={t.num_heads} not divisible by num_kv_heads")

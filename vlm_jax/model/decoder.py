@@ -143,7 +143,7 @@ class Decoder(nn.Module):
         stack = nn.scan(
             layer, variable_axes={"params": 0}, split_rngs={"params": True},
             in_axes=(0, 0) + (nn.broadcast,) * 8,
-            length=t.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            length=t.num_layers, unroll=min(c.scan_unroll, t.num_layers), metadata_params={nn.PARTITION_NAME: "layers"})
         x, (new_cache, stats) = stack(c, name="layers")(
             x, jnp.arange(t.num_layers), kv_cache, cos, sin, segment_ids, cache_index, cache_seg, deepstack,
             visual_index, visual_mask)

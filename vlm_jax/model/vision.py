@@ -180,7 +180,8 @@ class VisionTower(nn.Module):
         for start, end in vision_segments(c):
             stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                            length=end - start, metadata_params={nn.PARTITION_NAME: "layers"})
+                            length=end - start, unroll=min(c.scan_unroll, end - start),
+                            metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(c, name=f"blocks_{start}_{end}")(x, full_layers[start:end], cos, sin, lay["segment"],
                                                           window_ids)
             if c.deepstack and (end - 1) in v.deepstack_layers:
