@@ -44,9 +44,9 @@ def _probe(**env_overrides):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
 def test_cpu_settings_applied_and_steps_reuse_their_memory():
     got = _probe()
-    assert got["settings"] == {"keep_freed_memory": True, "ynn_dot_only": True, "sync_dispatch": True}
+    assert got["settings"] == {"keep_freed_memory": True, "ynn_fusions": True, "sync_dispatch": True}
     assert got["async"] is False
-    assert "--xla_cpu_experimental_ynn_fusion_type=dot" in got["xla_flags"]
+    assert "--xla_cpu_experimental_ynn_fusion_type=dot,reduce" in got["xla_flags"]
     assert got["temp_pages"] > 32 * 2**20 // 4096  # the probe really allocates above the mmap threshold
     # Once warm, a call reuses the heap: without the settings every call faults its whole
     # temporary buffer in again (one fault per 4 KiB page; measured: 32,800 a call here).
@@ -59,7 +59,7 @@ def test_cpu_settings_can_be_turned_off_and_keep_the_users_flags():
     off = _probe(VLM_JAX_CPU_TUNING="0")
     assert off["settings"] == {} and off["async"] is True and "ynn" not in off["xla_flags"]
     mine = _probe(XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=")
-    assert mine["settings"]["ynn_dot_only"] is False
+    assert mine["settings"]["ynn_fusions"] is False
     assert mine["xla_flags"] == "--xla_cpu_experimental_ynn_fusion_type="
 
 

@@ -13,9 +13,11 @@ its time outside the arithmetic:
   thread, whose glibc arena cannot hold a block larger than 64 MiB and falls back to `mmap`
   regardless of the setting above. Synchronous dispatch (`jax_cpu_enable_async_dispatch=False`)
   runs the step on the calling thread, whose main arena grows with `brk`.
-- **Library fusions.** XLA:CPU hands elementwise and reduction fusions to YNNPACK by default;
-  for our steps only its dot kernels pay (`--xla_cpu_experimental_ynn_fusion_type=dot`):
-  the elementwise ones forced layouts that cost transposed copies in the backward pass.
+- **Library fusions.** YNNPACK runs the dot and reduction fusions
+  (`--xla_cpu_experimental_ynn_fusion_type=dot,reduce`). Its reductions (softmax and norm
+  statistics, loss sums) made the tiny train step 6-10% faster and the 100m step 10% faster than
+  with dots alone; its elementwise fusions forced layouts that cost transposed copies in the
+  backward pass, so they stay with XLA.
 
 All three only matter when JAX runs on the CPU; they are skipped when an accelerator plugin is
 installed and `JAX_PLATFORMS` does not ask for the CPU. `VLM_JAX_CPU_TUNING=0` turns them off.
@@ -61,11 +63,14 @@ def _keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
 
 
-def _set_ynn_dot_only() -> bool:
+YNN_FUSIONS = "dot,reduce"
+
+
+def _set_ynn_fusions() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     if YNN_FLAG in flags:  # the user chose; keep it
         return False
-    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}=dot".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={YNN_FUSIONS}".strip()
     return True
 
 
@@ -75,7 +80,7 @@ def configure_cpu() -> dict[str, object]:
     if _applied or os.environ.get("VLM_JAX_CPU_TUNING", "1") == "0" or not cpu_is_default():
         return dict(_applied)
     _applied["keep_freed_memory"] = _keep_freed_memory()
-    _applied["ynn_dot_only"] = _set_ynn_dot_only()
+    _applied["ynn_fusions"] = _set_ynn_fusions()
     import jax  # after XLA_FLAGS is set
 
     jax.config.update("jax_cpu_enable_async_dispatch", False)
