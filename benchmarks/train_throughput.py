@@ -13,6 +13,7 @@ masks allow: within each packed sequence, causal; within each frame for the ViT)
 on CPU the peak is a measured float32 matmul, so CPU MFU is relative to what XLA can reach.
 
     python benchmarks/train_throughput.py --configs tiny,100m --steps 20
+    python benchmarks/train_throughput.py --configs main --steps 100  # README command 1's config
     python benchmarks/train_throughput.py --configs 2b-shallow --dtype bfloat16   # on a GPU / TPU
     python benchmarks/train_throughput.py --configs 2b --dtype bfloat16 --seq 4096 --batch 4 \
         --max_patches 16384 --max_grids 512 --attention_impl gpu --noloop       # the 2B step's MFU
@@ -50,6 +51,10 @@ from vlm_jax.train.loop import train_and_evaluate  # noqa: E402
 from vlm_jax.train.state import init_train_state  # noqa: E402
 from vlm_jax.train.step import effective_model_config, global_batch_shapes, make_train_step, put_batch  # noqa: E402
 
+# The main job itself: vlm_jax/configs/synthetic_tiny.py as README command 1 runs it (its model,
+# batch shapes and remat policy; the shape, dtype and remat flags do not apply).
+MAIN = "main"
+
 
 def model_dict(name: str, dtype: str, attention_impl: str = "xla") -> dict:
     if name in ("2b", "2b-shallow"):
@@ -72,14 +77,15 @@ def model_dict(name: str, dtype: str, attention_impl: str = "xla") -> dict:
 
 def experiment_config(name: str, args) -> mlc.ConfigDict:
     c = synthetic_tiny.get_config()
-    c.model = mlc.ConfigDict(model_dict(name, args.dtype, args.attention_impl))
-    c.data.pipeline.processor.patch_size = c.model.vision.patch_size  # the pipeline patchifies for this model
+    if name != MAIN:  # MAIN keeps the main job's model, batch shapes and remat policy
+        c.model = mlc.ConfigDict(model_dict(name, args.dtype, args.attention_impl))
+        c.data.pipeline.processor.patch_size = c.model.vision.patch_size  # the pipeline patchifies for this model
+        c.train.remat_policy = args.remat
+        c.data.pipeline.update(seq_len=args.seq, batch_size=args.batch, max_patches=args.max_patches,
+                               max_grids=args.max_grids)
     c.train.num_train_steps = args.steps
     c.train.optimizer.warmup_steps = 2
     c.train.checkpoint.every_steps = 10**6  # only the final save
-    c.train.remat_policy = args.remat
-    c.data.pipeline.update(seq_len=args.seq, batch_size=args.batch, max_patches=args.max_patches,
-                           max_grids=args.max_grids)
     c.eval.tasks = ()
     c.log.update(every_steps=max(1, args.steps // 4), tensorboard=False, progress=False, vision_probe_every=0)
     return c
@@ -156,7 +162,8 @@ def bench_config(name: str, args) -> dict:
 
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("configs", "tiny,100m", "comma-separated: tiny, tiny-moe, 100m, 2b-shallow, ...", flag_values=FLAGS)
+flags.DEFINE_string("configs", "tiny,100m", "comma-separated: main (the main job's own config), tiny, tiny-moe, 100m, "
+                    "2b-shallow, ...", flag_values=FLAGS)
 flags.DEFINE_integer("steps", 20, "train-loop steps", flag_values=FLAGS)
 flags.DEFINE_integer("seq", 512, "data.pipeline.seq_len", flag_values=FLAGS)
 flags.DEFINE_integer("batch", 8, "data.pipeline.batch_size", flag_values=FLAGS)

@@ -35,7 +35,9 @@ def get_config() -> mlc.ConfigDict:
     c.model.vision.pos_embed_init = "sincos"
     c.model.vision.pos_embed_init_scale = 0.5
     t = c.train
-    t.remat_policy = "full"  # on CPU, recomputing beats storing every layer's activations
+    # No remat: storing the activations of this model is cheap, and the step measured 202 ms against
+    # 241 ms with "full" (experiments' step A/B, 2 cores; issue 11's note).
+    t.remat_policy = "none"
     # 1,800 steps: counting (the slowest task) 0.742 / 0.770 / 0.838 at 900 / 1,200 / 1,800 steps (seed 0;
     # boxes 0.515 / 0.587 / 0.820), in ~13 min end to end on 2 cores.
     t.num_train_steps = 1800
@@ -76,8 +78,11 @@ def get_config() -> mlc.ConfigDict:
                                  "max_distractors": 0}},
     )
     # Square-root reweighting (DIGEST 3): a one-token count answer is not drowned by long box JSON.
+    # Samples are made on the calling thread (read_threads=0): on 2 cores, background read threads
+    # preempt XLA's two step threads, and the loop ran at 10.3k tok/s with 2 of them against 14.6k
+    # without (80 steps of this config; issue 11's note).
     c.data.pipeline.update(loss_normalization="sqrt", seq_len=512, batch_size=8, max_patches=4096, max_grids=128,
-                           worker_count=0)
+                           worker_count=0, read_threads=0)
     c.data.pipeline.processor.update(min_pixels=64 * 64, max_pixels=64 * 64, patch_size=8)
 
     # The whole held-out split (1000 items per task) with the vision-off control: ~2 x 2000 generations.
