@@ -2,6 +2,7 @@
 
     python experiments/zoo.py --model=student      # about an hour on a 2-core CPU
     python experiments/zoo.py --model=teacher [--workdir=runs/zoo/teacher] [--steps=N]
+    python experiments/zoo.py --model=teacher_upcycled   # after the student: upcycles its export first
 
 The config is `vlm_jax/configs/zoo.py:<model>`; the export lands in `runs/zoo/<model>/final`
 (`vlm_jax.configs.zoo.ZOO_DIR`), where distillation, RL and the sweeps look by default. Rerunning
@@ -49,6 +50,14 @@ def run(args: flags.FlagValues) -> int:
     from vlm_jax.train.loop import train_and_evaluate
 
     c = zoo.get_config(args.model)
+    if args.model == "teacher_upcycled" and not os.path.isdir(c.init_from):
+        from vlm_jax.params.upcycle import upcycle
+
+        student = os.path.join(zoo.ZOO_DIR, "student", "final")
+        if not os.path.isdir(student):
+            raise FileNotFoundError(f"teacher_upcycled starts from the student's export {student!r}: "
+                                    "run python experiments/zoo.py --model=student first")
+        print(f"upcycling {student} -> {upcycle(student, c.init_from, **zoo.UPCYCLE)}", flush=True)
     if args.steps:
         c.train.num_train_steps = args.steps
         c.train.checkpoint.every_steps = max(1, min(c.train.checkpoint.every_steps, args.steps))

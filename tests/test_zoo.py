@@ -29,3 +29,37 @@ def test_zoo_models_share_the_training_recipe():
     assert s["model"]["vision"] == t["model"]["vision"]
     with pytest.raises(ValueError, match="unknown zoo model 'giant'"):
         zoo.get_config("giant")
+
+
+def test_upcycled_teacher_fits_the_upcycled_student_export():
+    """The upcycle tool's MoE config is the teacher_upcycled model (so `init_from` loads), and it is
+    initialised from the upcycled student with the student's compute per token."""
+    from vlm_jax.params.upcycle import upcycle_config
+
+    student = experiment.model_config(zoo.get_config("student"))
+    teacher = experiment.model_config(zoo.get_config("teacher_upcycled"))
+    upcycled = upcycle_config(student, **zoo.UPCYCLE).to_dict()
+    want = teacher.to_dict()
+    for d in (upcycled, want):
+        d.pop("name")
+        d["text"].pop("moe_gmm")  # how the grouped matmul runs, not what it computes
+    assert upcycled == want
+    assert zoo.get_config("teacher_upcycled").init_from == zoo.UPCYCLED_INIT
+    params = _params("teacher_upcycled")
+    assert params["total"] >= 5 * _params("student")["total"]
+    assert params["active"] == pytest.approx(_params("student")["active"], rel=0.02)
+
+
+def test_upcycled_teacher_without_the_student_export_says_what_to_run(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "zoo_script", Path(__file__).resolve().parents[1] / "experiments" / "zoo.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(tmp_path)  # no runs/zoo/student/final here
+    assert script.main(["--model=teacher_upcycled"]) == 2
+    err = capsys.readouterr().err
+    assert "runs/zoo/student/final" in err and "--model=student first" in err
+    assert not (tmp_path / "runs").exists()  # nothing trained or written

@@ -1,10 +1,13 @@
 """The model zoo: reusable checkpoints trained on the full default synthetic world.
 
-    python experiments/zoo.py --model=student        # or teacher; exports runs/zoo/<model>/final
+    python experiments/zoo.py --model=student        # or teacher, teacher_upcycled; exports runs/zoo/<model>/final
     python -m vlm_jax.train --config=vlm_jax/configs/zoo.py:teacher --workdir=runs/zoo/teacher
 
 `student` is the main job's model (the `tiny` config with 8-pixel patches); `teacher` is its
-mixture-of-experts twin (32 experts, 2 active), 6.0x the parameters at the same compute per token.
+mixture-of-experts twin (32 experts, 2 active), 6.0x the parameters at the same compute per token,
+trained from scratch; `teacher_upcycled` is the trained student sparsely upcycled (32 full-width
+experts, 1 active: every expert starts as the student's MLP, `vlm_jax.params.upcycle`) and trained on,
+so it starts from the student's open visual pathway instead of having to open its own.
 Both train on every task family of the default world (all shapes, colours, counts up to 5, videos,
 charts, OCR, geometry, thinking, text) with the main job's learning-rate split and curriculum, each
 sized to finish in about an hour on a 2-core CPU, and are scored on every held-out family.
@@ -18,7 +21,11 @@ import ml_collections as mlc
 from vlm_jax.configs import synthetic_tiny
 
 ZOO_DIR = "runs/zoo"
-MODELS = ("student", "teacher")
+MODELS = ("student", "teacher", "teacher_upcycled")
+# teacher_upcycled: the upcycle of the student's export that it is initialised from
+# (`experiments/zoo.py --model=teacher_upcycled` writes it when it is missing).
+UPCYCLE = {"num_experts": 32, "experts_per_tok": 1}
+UPCYCLED_INIT = f"{ZOO_DIR}/teacher_upcycled_init"
 EVAL_FAMILIES = ("counting", "grounding", "pointing", "ocr", "caption", "chart", "spatial", "multiple_choice",
                  "temporal", "text")
 
@@ -30,6 +37,8 @@ def get_config(model: str = "student") -> mlc.ConfigDict:
     c.stage = f"zoo_{model}"
     c.model.name = f"qwen3-vl-zoo-{model}"
     shape = "tiny" if model == "student" else "tiny MoE, 32 experts"
+    if model == "teacher_upcycled":
+        shape += " upcycled from the student"
     c.description = f"zoo {model}: {shape} on the full default world"
     # The default world (every task family), with the main job's binding lever: questions before images.
     c.data.sources.synthetic.world = {"question_first": 1.0}
@@ -48,6 +57,16 @@ def get_config(model: str = "student") -> mlc.ConfigDict:
         c.model.text.update(num_experts=32, num_experts_per_tok=2, moe_intermediate_size=128,
                             moe_gmm="tiled")  # XLA:CPU expands ragged_dot over all 32 experts: 4x slower
     t.num_train_steps = 3000  # ~1 s a step on 2 cores (videos and multi-image samples)
+    if model == "teacher_upcycled":
+        # The experts as wide as the student's MLP, normalised top-1 weights: at init the model computes
+        # exactly the student (params.upcycle), and its per-token compute stays the student's.
+        c.model.text.update(num_experts=UPCYCLE["num_experts"], num_experts_per_tok=UPCYCLE["experts_per_tok"],
+                            moe_intermediate_size=c.model.text.intermediate_size, norm_topk_prob=True,
+                            moe_gmm="tiled")
+        c.init_from = UPCYCLED_INIT
+        # It continues from a trained model: no from-scratch curriculum, half the student's steps.
+        c.data.curriculum = ()
+        t.num_train_steps = 1500
     t.checkpoint.every_steps = 300
     c.eval.tasks = EVAL_FAMILIES
     c.eval.max_new_tokens = 64
