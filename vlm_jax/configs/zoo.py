@@ -64,9 +64,13 @@ def get_config(model: str = "student") -> mlc.ConfigDict:
                             moe_intermediate_size=c.model.text.intermediate_size, norm_topk_prob=True,
                             moe_gmm="tiled")
         c.init_from = UPCYCLED_INIT
-        # It continues from a trained model: no from-scratch curriculum, half the student's steps.
+        # It continues from a trained model: no from-scratch curriculum, half the student's steps, and a
+        # third of the student's peak learning rates (the student ended at 5% of them; an untuned choice
+        # that lets the random router split the experts without re-heating the rest from scratch).
         c.data.curriculum = ()
         t.num_train_steps = 1500
+        t.optimizer.update(llm_lr=t.optimizer.llm_lr / 3, merger_lr=t.optimizer.merger_lr / 3,
+                           vision_lr=t.optimizer.vision_lr / 3)
     t.checkpoint.every_steps = 300
     c.eval.tasks = EVAL_FAMILIES
     c.eval.max_new_tokens = 64
