@@ -62,9 +62,10 @@ def get_config(model: str = "student") -> mlc.ConfigDict:
         # exactly the student (params.upcycle), and its per-token compute stays the student's. Measured
         # (12.4 min): grounding 0.382 / chart 0.372 against the student's 0.286 / 0.344, but the dense
         # student trained the same 1,500 steps on reaches 0.374 / 0.403: the gain is the extra steps.
-        c.model.text.update(num_experts=UPCYCLE["num_experts"], num_experts_per_tok=UPCYCLE["experts_per_tok"],
-                            moe_intermediate_size=c.model.text.intermediate_size, norm_topk_prob=True,
-                            moe_gmm="tiled")
+        from vlm_jax.params.upcycle import upcycle_config  # the shape `init_from` was written in
+
+        c.model = upcycle_config(c.model, **UPCYCLE)
+        c.model.text.moe_gmm = "tiled"
         c.init_from = UPCYCLED_INIT
         # It continues from a trained model: no from-scratch curriculum, half the student's steps, and a
         # third of the student's peak learning rates (the student ended at 5% of them; an untuned choice
