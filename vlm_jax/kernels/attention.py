@@ -426,7 +426,7 @@ def _segment_block_attention(q, k, v, seg, block, impl):
     gather = lambda a: jnp.concatenate([a, jnp.zeros_like(a[:1])])[source].reshape(n, block, *a.shape[1:])
     out = dot_product_attention(gather(q), gather(k), gather(v), q_segment_ids=gather(seg), impl=impl)
     out = jnp.concatenate([out.reshape(n * block, h, d), jnp.zeros_like(out[0, :1])])
-    return out[jnp.minimum(dest, n * block)]
+    return out[dest]  # dest <= n * block: padding patches read the appended zero row
 
 
 def _pad_to_blocks(a, block):
