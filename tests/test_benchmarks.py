@@ -15,9 +15,9 @@ import pytest
 
 from vlm_jax.configs.model import get_config, validate
 from vlm_jax.data.synthetic import load_tokenizer as synthetic_tokenizer
-from vlm_jax.eval import __main__ as eval_cli
 from vlm_jax.eval import benchmark_metrics as bm
 from vlm_jax.eval import benchmarks, metrics
+from vlm_jax.eval import command as eval_cli
 from vlm_jax.eval.benchmarks import choice, run
 from vlm_jax.inference import generate as generate_lib
 from vlm_jax.inference.prompt import as_tokenizer
@@ -323,7 +323,7 @@ def test_hf_checkpoint_evaluates_like_our_own(oracle, tmp_path, capsys):
     """A tiny random transformers Qwen3-VL saved with save_pretrained: --ckpt given the HF folder, and the
     folder converted with `python -m vlm_jax.convert hf-to-jax`, give the same predictions, and those
     are the tokens transformers' own greedy decoding picks for the same prompts."""
-    from vlm_jax.convert.__main__ import main as convert_main
+    from vlm_jax.convert.command import main as convert_main
     from vlm_jax.data.processor import get_config as processor_config
     from vlm_jax.inference.prompt import build_prompt
 

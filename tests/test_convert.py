@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from tests.helpers import LAYOUTS, TOL, build, positions, small_config
 from vlm_jax.convert import hf
-from vlm_jax.convert.__main__ import main as convert_main
+from vlm_jax.convert.command import main as convert_main
 from vlm_jax.model.vlm import Qwen3VL, init_params
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from vlm_jax.configs.model import get_config
 from vlm_jax.data.synthetic import SyntheticWorld
 from vlm_jax.data.synthetic import load_tokenizer as synthetic_tokenizer
-from vlm_jax.eval import __main__ as eval_cli
+from vlm_jax.eval import command as eval_cli
 from vlm_jax.eval import harness, metrics, stats, tasks, visualize
 from vlm_jax.generate import __main__ as generate_cli
 from vlm_jax.inference import generate as generate_lib
