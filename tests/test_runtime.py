@@ -23,7 +23,7 @@ x = jnp.ones((4096, 64), jnp.float32) / 64
 for _ in range(2):  # compile, then one call that grows the heap to the step's peak
     f(x).block_until_ready()
 faults = []
-for _ in range(5):
+for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -48,16 +48,20 @@ def test_cpu_settings_applied_and_steps_reuse_their_memory():
     assert got["async"] is False
     assert "--xla_cpu_experimental_ynn_fusion_type=dot,reduce" in got["xla_flags"]
     assert got["temp_pages"] > 32 * 2**20 // 4096  # the probe really allocates above the mmap threshold
-    # Once warm, a call reuses the heap: without the settings every call faults its whole
-    # temporary buffer in again (one fault per 4 KiB page; measured: 32,800 a call here).
-    # The median: now and then one warm call still faults the buffer in once (seen in CI and
-    # here: one call of five), where without the settings every call does.
-    assert sorted(got["faults"])[2] < 0.05 * got["temp_pages"], got
+    # Once warm, a call reuses the heap, where without the settings every call maps its
+    # temporary buffer afresh and faults all of it in (one fault per 4 KiB page; the test below
+    # checks that contrast). Not every warm call is free: glibc places a call's buffers in the
+    # order its threads ask for them, so now and then a call finds the freed space fragmented
+    # and grows the heap once more (seen here in 0-2 calls of 5, in CI in 3 of 5).
+    free_calls = sum(f < 0.05 * got["temp_pages"] for f in got["faults"])
+    assert free_calls >= 2, got
 
 
 def test_cpu_settings_can_be_turned_off_and_keep_the_users_flags():
     off = _probe(VLM_JAX_CPU_TUNING="0")
     assert off["settings"] == {} and off["async"] is True and "ynn" not in off["xla_flags"]
+    # Without the settings, glibc maps the buffer afresh on every call: no call is fault-free.
+    assert min(off["faults"]) > 0.9 * off["temp_pages"], off
     mine = _probe(XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=")
     assert mine["settings"]["ynn_fusions"] is False
     assert mine["xla_flags"] == "--xla_cpu_experimental_ynn_fusion_type="
