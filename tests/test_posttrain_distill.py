@@ -189,10 +189,11 @@ def test_config_validates_at_tiny_with_the_zoo_models(name):
     c = importlib.import_module(f"vlm_jax.configs.posttrain.{name}").get_config()
     base.validate(c)
     assert c.method == "distill" and c.init_from == f"{zoo.ZOO_DIR}/student/final"
-    assert c.distill.teacher_from == f"{zoo.ZOO_DIR}/teacher/final" and c.distill.text_only
+    assert c.distill.teacher_from == f"{zoo.ZOO_DIR}/teacher_upcycled/final" and c.distill.text_only
     assert base.model_config(c).to_dict() == experiment.model_config(zoo.get_config("student")).to_dict()
-    # The zoo teacher's model fits the student (without its export on disk).
-    distill.check_teacher(base.model_config(c), experiment.model_config(zoo.get_config("teacher")), text_only=False)
+    # The zoo's upcycled teacher fits the student (without its export on disk).
+    distill.check_teacher(base.model_config(c), experiment.model_config(zoo.get_config("teacher_upcycled")),
+                          text_only=False)
     assert c.iterations == c.distill.offpolicy_steps + c.distill.onpolicy_steps >= 1
     assert distill.distill_tasks(c) == {"text": 2.0} and distill.eval_families(c) == ["text"]
     assert distill.train_config(c).optimizer.freeze_vision and distill.train_config(c).optimizer.freeze_merger

@@ -157,11 +157,12 @@ def test_distill_methods_arms_share_batches_and_budget():
         assert (ds.offpolicy, c.iterations, c.train.seed) == ("logits", 100, r.seed)
         phases = {"sft": ("ce", 100, 0), "offpolicy": ("forward_kl", 100, 0), "off_on": ("forward_kl", 50, 50)}
         assert (ds.offpolicy_loss, ds.offpolicy_steps, ds.onpolicy_steps) == phases[r.arm]
-        assert ds.teacher_from.endswith("zoo/teacher/final") and c.init_from.endswith("zoo/student/final")
-        assert ds.text_only and list(c.eval.tasks) == ["text"] and c.eval.at_start
-    assert exp.metrics() == ["heldout/text", "gain/text", "gap_closed/text"]
-    images = exp.module.get_config("text_only=False,method=sft")
-    assert not images.distill.text_only and "grounding" in images.eval.tasks
+        assert ds.teacher_from.endswith("zoo/teacher_upcycled/final") and c.init_from.endswith("zoo/student/final")
+        assert not ds.text_only and "grounding" in c.eval.tasks and c.eval.at_start
+    assert "gap_closed/grounding" in exp.metrics()
+    text = exp.module.get_config("text_only=True,method=sft")
+    assert text.distill.text_only and list(text.eval.tasks) == ["text"]
+    assert exp.module.metrics("text_only=True") == ["heldout/text", "gain/text", "gap_closed/text"]
 
 
 def test_gap_closed_from_the_teacher_and_start_scores(tmp_path, monkeypatch):
@@ -170,10 +171,10 @@ def test_gap_closed_from_the_teacher_and_start_scores(tmp_path, monkeypatch):
     os.makedirs(run_dir / "eval")
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/text/acc": 0.2}) + "\n")
     (run_dir / "eval" / "results.json").write_text(json.dumps({"tasks": {"text": {"acc": 0.35, "n": 4}}}))
-    config = exp.module.get_config("method=sft")
+    config = exp.module.get_config("method=sft,text_only=True")
     key = {"teacher": config.distill.teacher_from, "families": ["text"], "num_per_task": 0}
     (tmp_path / "teacher_eval.json").write_text(json.dumps({"key": key, "scores": {"text": 0.5}}))
-    out = exp.module.measure("method=sft", config, str(run_dir))
+    out = exp.module.measure("method=sft,text_only=True", config, str(run_dir))
     # gain 0.15 of a 0.3 gap: half closed.
     assert out == {"teacher/text": 0.5, "gap_closed/text": pytest.approx(0.5)}
 

@@ -1,7 +1,7 @@
 """Settings shared by the distillation configs (`distill_offpolicy.py`, `distill_onpolicy.py`); not a config
 file itself. Keys: `base.py`; the phases and metrics: `vlm_jax.posttrain.distill`.
 
-Tiny: the zoo student (`init_from`) learns from the zoo teacher (`distill.teacher_from`), both exports of
+Tiny: the zoo student (`init_from`) learns from the zoo's upcycled teacher (`distill.teacher_from`), exports of
 `configs/zoo.py`. Released sizes: the recipe's last SFT stage learns from Qwen3-VL-235B-A22B (the
 flagship, which the report distils its smaller models from; set `distill.teacher_from` to its params dir,
 e.g. converted with `python -m vlm_jax.convert hf-to-jax`); validated here, not run.
