@@ -47,7 +47,7 @@ SMOKE_ITERATIONS = 2
 
 
 def _arg(arg):
-    return common.parse(arg, loss="sapo", init=f"{zoo.ZOO_DIR}/student/final", world="zoo", iterations=150,
+    return common.parse(arg, loss="sapo", init=zoo.export_dir("student"), world="zoo", iterations=150,
                         eval_n=0)
 
 

@@ -53,7 +53,7 @@ def run(args: flags.FlagValues) -> int:
     if args.model == "teacher_upcycled" and not os.path.isdir(c.init_from):
         from vlm_jax.params.upcycle import upcycle
 
-        student = os.path.join(zoo.ZOO_DIR, "student", "final")
+        student = zoo.export_dir("student")
         if not os.path.isdir(student):
             raise FileNotFoundError(f"teacher_upcycled starts from the student's export {student!r}: "
                                     "run python experiments/zoo.py --model=student first")

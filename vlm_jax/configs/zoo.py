@@ -26,8 +26,14 @@ MODELS = ("student", "teacher", "teacher_upcycled")
 # (`experiments/zoo.py --model=teacher_upcycled` writes it when it is missing).
 UPCYCLE = {"num_experts": 32, "experts_per_tok": 1}
 UPCYCLED_INIT = f"{ZOO_DIR}/teacher_upcycled_init"
+
 EVAL_FAMILIES = ("counting", "grounding", "pointing", "ocr", "caption", "chart", "spatial", "multiple_choice",
                  "temporal", "text")
+
+
+def export_dir(model: str) -> str:
+    """Where `experiments/zoo.py --model=<model>` exports its params (the default start of the sweeps)."""
+    return f"{ZOO_DIR}/{model}/final"
 
 
 def get_config(model: str = "student") -> mlc.ConfigDict:

@@ -91,7 +91,7 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     c.size = size
     zc = zoo.get_config("student")
     # Tiny: the zoo student export; released: the recipe's last SFT stage (its default workdir).
-    c.init_from = f"{zoo.ZOO_DIR}/student/final" if tiny else "runs/sft_256k"
+    c.init_from = zoo.export_dir("student") if tiny else "runs/sft_256k"
     if tiny:
         c.model = mlc.ConfigDict(zc.model.to_dict())
     else:
@@ -167,7 +167,7 @@ def base_config(size: str = "tiny") -> mlc.ConfigDict:
     # Tiny: the upcycled MoE teacher (the student's visual pathway, 32 experts, trained on). The zoo's
     # from-scratch `teacher` never learned grounding (0.021 against the student's 0.286), so it has
     # nothing to teach; the upcycled one leads the student on boxes (0.382) and charts (0.372 vs 0.344).
-    ds.teacher_from = f"{zoo.ZOO_DIR}/teacher_upcycled/final" if tiny else ""
+    ds.teacher_from = zoo.export_dir("teacher_upcycled") if tiny else ""
     ds.teacher_size = ""
     ds.loss = "reverse_kl_sampled"
     ds.options = {}
