@@ -74,17 +74,13 @@ def run(args: flags.FlagValues) -> int:
     """Evaluates with the parsed flags `args` (`FLAGS`); returns the exit status."""
     from vlm_jax.data.synthetic import SyntheticWorld
     from vlm_jax.eval import harness
-    from vlm_jax.inference.loading import load_model, processor_config_for
-    from vlm_jax.inference.sampling import get_preset
+    from vlm_jax.inference.loading import load_model
 
     if args.benchmark is not None or args.data is not None:
         return run_benchmark(args)
     # Cheap checks first, so a typo fails before the checkpoint is read.
     families = tasks_lib.check_task_names(args.tasks.split(",")) if args.tasks else None
-    get_preset(args.preset)
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    _check_generation_flags(args)
     if args.num < 0:
         raise ValueError(f"--num must be >= 0 (0: the whole split), got {args.num}")
     if args.jsonl is None:
@@ -93,8 +89,7 @@ def run(args: flags.FlagValues) -> int:
         world = SyntheticWorld(cli.parse_json_object(args.world, "--world") if args.world is not None else {})
     except KeyError as e:
         raise ValueError(f"--world: {e.args[0]}") from e
-    override = None if args.processor is None else cli.parse_json_object(args.processor, "processor settings")
-    processor = processor_config_for(args.checkpoint, override)
+    processor = _processor(args)
     items = tasks_lib.load_items(families, split=args.split, num_per_task=args.num, world=world, jsonl=args.jsonl)
     if not items:
         raise ValueError("no items to evaluate (does the JSONL file hold the requested tasks?)")
@@ -126,8 +121,7 @@ def run_benchmark(args: flags.FlagValues) -> int:
     """--benchmark mode (see the module docstring); returns the exit status."""
     from vlm_jax.eval import benchmarks
     from vlm_jax.eval.benchmarks import run as bench_run
-    from vlm_jax.inference.loading import load_model, processor_config_for
-    from vlm_jax.inference.sampling import get_preset
+    from vlm_jax.inference.loading import load_model
 
     if args.benchmark is None or args.data is None:
         raise ValueError("benchmark mode needs both --benchmark and --data")
@@ -136,16 +130,12 @@ def run_benchmark(args: flags.FlagValues) -> int:
     if stray:
         raise ValueError(f"--benchmark does not take {', '.join(stray)}")
     bench = benchmarks.get(args.benchmark)
-    get_preset(args.preset)
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    _check_generation_flags(args)
     if not args.video_fps > 0:
         raise ValueError(f"--video_fps must be positive, got {args.video_fps}")
     items = bench_run.load_items(bench, args.data, num=args.num,
                                  options=benchmarks.ReadOptions(video_fps=args.video_fps))
-    override = None if args.processor is None else cli.parse_json_object(args.processor, "processor settings")
-    processor = processor_config_for(args.checkpoint, override)
+    processor = _processor(args)
     model_config, params, tokenizer = load_model(args.checkpoint)
     report = bench_run.evaluate(bench, items, model_config, params, tokenizer, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens if args["max_new_tokens"].present else None,
@@ -157,6 +147,24 @@ def run_benchmark(args: flags.FlagValues) -> int:
     pred, summary = report.write(args.out or Path("eval_results") / bench.name)
     print(f"wrote {pred} and {summary}", file=sys.stderr)
     return 0
+
+
+def _check_generation_flags(args: flags.FlagValues) -> None:
+    """The sampling preset and generation sizes both modes take (cheap: before any file is read)."""
+    from vlm_jax.inference.sampling import get_preset
+
+    get_preset(args.preset)
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+
+
+def _processor(args: flags.FlagValues):
+    """--processor (JSON) over the checkpoint's processor_config.json, over the defaults."""
+    from vlm_jax.inference.loading import processor_config_for
+
+    override = None if args.processor is None else cli.parse_json_object(args.processor, "processor settings")
+    return processor_config_for(args.checkpoint, override)
 
 
 def main(argv: list[str] | None = None) -> int:
